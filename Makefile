@@ -1,0 +1,52 @@
+# corral: the two commands that do everything on a fresh Debian 12 machine (as root):
+#   make demo   build a two-node lab on this machine and show the test guest in it
+#   make test   lint, type-check and run the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.corral-installed
+
+.PHONY: demo test deps venv image lint typecheck unit integration clean help
+
+help:
+	@echo "make demo   - two-node lab, boot the test guest, ping it, show its counter"
+	@echo "make test   - ruff, mypy --strict and every test (needs root)"
+	@echo "make deps   - install the Debian packages (root)"
+	@echo "make venv   - the virtual environment with corral and its dev tools"
+
+deps:
+	@scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+image: deps venv
+	$(BIN)/corral lab image
+
+demo: deps venv image
+	$(BIN)/corral lab demo
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+integration: deps venv image
+	$(BIN)/pytest tests/integration -q
+
+test: deps venv image lint typecheck
+	$(BIN)/pytest tests -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

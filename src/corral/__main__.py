@@ -1,0 +1,5 @@
+"""`python -m corral` runs the command-line interface."""
+
+from corral.cli.main import main
+
+main()

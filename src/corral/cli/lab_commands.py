@@ -1,0 +1,170 @@
+"""`corral lab ...`: the one-machine lab cluster and its test guest."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from corral import config
+from corral.cli.output import console, print_json
+from corral.errors import NotFoundError, UserInputError
+from corral.lab.image import GuestImageBuilder
+from corral.lab.lifecycle import lab_down, lab_status, lab_up, load_plan, require_root
+from corral.lab.plan import LabConfig
+
+lab_app = typer.Typer(
+    help="A whole cluster on this machine, in network namespaces, for demos and tests.",
+    no_args_is_help=True,
+)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Lab state and storage directory [env CORRAL_LAB_ROOT, default /var/lib/corral-lab].",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+
+
+def _network(value: str, option: str) -> IPv4Network:
+    try:
+        return IPv4Network(value)
+    except ValueError as exc:
+        raise UserInputError(option, f"{value!r} is not an IPv4 network ({exc})") from exc
+
+
+@lab_app.command("image")
+def image_command(
+    rebuild: Annotated[bool, typer.Option(help="Build again even if cached.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Build (once) and cache the test guest: a Debian kernel and a busybox initramfs."""
+    builder = GuestImageBuilder(config.cache_dir())
+    with console.status("building the test guest image"):
+        image = builder.build(force=rebuild)
+    if json_out:
+        print_json(
+            {
+                "kernel": str(image.kernel),
+                "initrd": str(image.initrd),
+                "kernel_package": image.kernel_package,
+                "key": image.key,
+            }
+        )
+    else:
+        console.print(f"kernel  {image.kernel}  ({image.kernel_package})")
+        console.print(f"initrd  {image.initrd}")
+
+
+@lab_app.command("up")
+def up_command(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes.")] = 2,
+    prefix: Annotated[str, typer.Option(help="Prefix of the namespaces' names.")] = "corral",
+    migration_net: Annotated[
+        str, typer.Option(help="Migration network (node I gets host I).")
+    ] = "10.210.0.0/24",
+    guest_net: Annotated[
+        str, typer.Option(help="Guest network (the client gets host 254).")
+    ] = "10.211.0.0/24",
+    root: RootOption = None,
+) -> None:
+    """Build the lab: a namespace per node, a migration network, a guest network with a
+    client namespace, shared and per-node storage directories. Safe to run twice."""
+    cfg = LabConfig(
+        nodes=nodes,
+        prefix=prefix,
+        root=root or config.lab_root(),
+        migration_net=_network(migration_net, "--migration-net"),
+        guest_net=_network(guest_net, "--guest-net"),
+    )
+    lab_up(cfg, progress=console.print)
+
+
+@lab_app.command("down")
+def down_command(root: RootOption = None) -> None:
+    """Remove exactly what 'lab up' made: namespaces, links, directories, processes."""
+    if not lab_down(root or config.lab_root(), progress=console.print):
+        console.print("no lab is up")
+
+
+@lab_app.command("status")
+def status_command(root: RootOption = None, json_out: JsonOption = False) -> None:
+    """Show the lab's nodes, networks and whether each part exists."""
+    require_root()
+    plan = load_plan(root or config.lab_root())
+    if plan is None:
+        raise NotFoundError("no lab is up (run 'corral lab up')")
+    status = lab_status(plan)
+    if json_out:
+        print_json(
+            {
+                "healthy": status.healthy,
+                "config": plan.config.to_json(),
+                "client": {"netns": plan.client_netns, "address": str(plan.client_address)},
+                "nodes": [
+                    {
+                        "name": n.name,
+                        "netns": n.netns,
+                        "bridge": n.bridge,
+                        "migration_address": str(n.migration_address),
+                        "local_dir": str(n.local_dir),
+                        "up": status.namespaces[n.netns],
+                        "processes": len(status.processes.get(n.netns, [])),
+                    }
+                    for n in plan.nodes
+                ],
+                "shared_dir": str(plan.shared_dir),
+                "links": [
+                    {"netns": ln.netns, "name": ln.name, "present": ln.present, "up": ln.up}
+                    for ln in status.links
+                ],
+            }
+        )
+        return
+    table = Table(title=f"lab under {plan.config.root}")
+    for column in (
+        "node",
+        "namespace",
+        "migration address",
+        "guest bridge",
+        "local dir",
+        "processes",
+        "state",
+    ):
+        table.add_column(column)
+    for n in plan.nodes:
+        ok = status.namespaces[n.netns]
+        table.add_row(
+            n.name,
+            n.netns,
+            str(n.migration_address),
+            n.bridge,
+            str(n.local_dir),
+            str(len(status.processes.get(n.netns, []))),
+            "[green]up[/]" if ok else "[red]missing[/]",
+        )
+    console.print(table)
+    console.print(f"client   {plan.client_netns} {plan.client_address}")
+    console.print(f"shared   {plan.shared_dir}")
+    broken = [f"{ln.netns}/{ln.name}" for ln in status.links if not (ln.present and ln.up)]
+    if broken:
+        console.print(f"[red]links missing or down:[/] {', '.join(broken)}")
+    console.print("[green]healthy[/]" if status.healthy else "[red]unhealthy[/]")
+    if not status.healthy:
+        raise typer.Exit(1)
+
+
+@lab_app.command("demo")
+def demo_command() -> None:
+    """Build a two-node lab, boot the test guest in node1, ping it from the client, read its
+    counter over TCP and from its console, and take everything down again."""
+    from corral.cli.lab_demo import run_demo
+
+    require_root()
+    run_demo()

@@ -1,0 +1,40 @@
+"""The `corral` entry point: the command tree and the error boundary.
+
+Exit codes: 0 success; 1 unexpected corral error; 2 bad input; 3 not found; 4 conflict with
+the current state; 5 something missing on this machine; 6 an external command failed;
+7 the hypervisor failed; 8 a wait timed out; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from corral import __version__
+from corral.cli.lab_commands import lab_app
+from corral.cli.output import fail
+from corral.errors import CorralError
+
+app = typer.Typer(
+    name="corral",
+    help="corral: a cluster manager for virtual machines, built for live migration.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(lab_app, name="lab")
+
+
+@app.command()
+def version() -> None:
+    """Print corral's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Run the CLI; a corral error becomes a message and its exit code, not a traceback."""
+    try:
+        app()
+    except CorralError as exc:
+        fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)

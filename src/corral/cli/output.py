@@ -1,0 +1,24 @@
+"""How the CLI speaks: one console for people, JSON for programs, and the error boundary
+that turns every corral error into a one-line message and its exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Write `data` as JSON on stdout, for programs."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fail(message: str, code: int) -> None:
+    """Print `message` as an error and exit with `code`."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise SystemExit(code)

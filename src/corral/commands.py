@@ -1,0 +1,46 @@
+"""Running external programs (ip, qemu-img, apt-get, ...) with one error type.
+
+Must never import anything else of corral but errors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from corral.errors import CommandFailed, EnvironmentProblem
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input_text: str | None = None,
+    timeout: float = 120.0,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv`, capture its output as text, and return the finished process.
+
+    :raise EnvironmentProblem: the program is not installed.
+    :raise CommandFailed: it exited non-zero and `check` is true.
+    """
+    if shutil.which(argv[0]) is None:
+        raise EnvironmentProblem(f"{argv[0]} is not installed (run 'make deps' as root)")
+    proc = subprocess.run(
+        list(argv),
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)
+    return proc
+
+
+def succeeds(argv: Sequence[str]) -> bool:
+    """True when `argv` exits 0 (output discarded)."""
+    return run(argv, check=False).returncode == 0

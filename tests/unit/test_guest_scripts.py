@@ -1,0 +1,95 @@
+"""The guest's own scripts, run on the host under busybox: the disk-sequence checker really
+reports a lost write, and the counter stream really counts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.lab.image import BUSYBOX, guest_scripts
+from corral.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static not installed")
+
+
+@pytest.fixture
+def busybox_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH holds busybox applets only, as in the guest."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for applet in ("sh", "dd", "head", "tr", "printf", "usleep", "echo", "cat"):
+        (bin_dir / applet).symlink_to(BUSYBOX)
+    return {"PATH": str(bin_dir)}
+
+
+def _start(
+    script: str, args: list[str], env: dict[str, str], tmp: Path, out: Path
+) -> subprocess.Popen[bytes]:
+    path = tmp / script.replace("/", "_")
+    path.write_bytes(guest_scripts()[script])
+    return subprocess.Popen(
+        [str(BUSYBOX), "sh", str(path), *args],
+        env=env,
+        stdout=out.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def stopper() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_disk_seq_reports_a_write_that_was_lost(
+    tmp_path: Path, busybox_env: dict[str, str], stopper: list[subprocess.Popen[bytes]]
+) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    out = tmp_path / "out.log"
+    stopper.append(_start("bin/disk-seq", [str(disk)], busybox_env, tmp_path, out))
+    wait_for(lambda: "DISKSEQ 20" in out.read_text(), timeout=30, what="20 writes")
+    assert "DISKSTART 0" in out.read_text()
+    assert "DISKERR" not in out.read_text()
+    # Roll the disk back to an old value, as a lost write would.
+    with disk.open("r+b") as handle:
+        handle.write(b"3".ljust(511) + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    wait_for(lambda: "DISKERR" in out.read_text(), timeout=30, what="the lost write to show")
+    error = next(ln for ln in out.read_text().splitlines() if ln.startswith("DISKERR"))
+    assert error.endswith("got 3")
+
+
+def test_disk_seq_continues_from_the_value_on_disk(
+    tmp_path: Path, busybox_env: dict[str, str], stopper: list[subprocess.Popen[bytes]]
+) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"1234".ljust(511) + b"\n" + b"\0" * 3584)
+    out = tmp_path / "out.log"
+    stopper.append(_start("bin/disk-seq", [str(disk)], busybox_env, tmp_path, out))
+    wait_for(lambda: "DISKSEQ 1240" in out.read_text(), timeout=30, what="writes")
+    assert out.read_text().splitlines()[0] == "DISKSTART 1234"
+    assert "DISKERR" not in out.read_text()
+
+
+def test_counter_stream_prints_increasing_sequence_and_uptime(
+    tmp_path: Path, busybox_env: dict[str, str], stopper: list[subprocess.Popen[bytes]]
+) -> None:
+    out = tmp_path / "out.log"
+    stopper.append(_start("bin/counter-stream", [], busybox_env, tmp_path, out))
+    wait_for(lambda: len(out.read_text().splitlines()) >= 4, timeout=30, what="4 lines")
+    lines = out.read_text().splitlines()[:4]
+    fields = [line.split() for line in lines]
+    assert [f[0] for f in fields] == ["COUNTER"] * 4
+    assert [int(f[1]) for f in fields] == [1, 2, 3, 4]
+    uptimes = [float(f[2]) for f in fields]
+    assert uptimes == sorted(uptimes)
+    assert uptimes[-1] > uptimes[0]

@@ -1,0 +1,53 @@
+"""The QEMU command line says exactly what the spec says, in a migratable form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.hypervisors.qemu.cmdline import RuntimePaths, qemu_argv
+from corral.model import BootSpec, CpuSpec, CpuTopology, DiskSpec, NicSpec, VmSpec
+
+PATHS = RuntimePaths.in_dir(Path("/run/vm"))
+
+
+def _spec() -> VmSpec:
+    return VmSpec(
+        name="vm1",
+        memory_mib=512,
+        cpu=CpuSpec(count=4, topology=CpuTopology(sockets=2, cores=1, threads=2), model="Westmere"),
+        disks=(DiskSpec(path=Path("/shared/vm1.qcow2")),),
+        nics=(NicSpec(bridge="br0", mac="52:54:00:00:00:01", tap="t-vm1"),),
+        boot=BootSpec(kernel=Path("/k"), initrd=Path("/i"), cmdline="console=ttyS0"),
+    )
+
+
+def _value(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_topology_model_memory_and_machine_are_passed() -> None:
+    argv = qemu_argv(_spec(), PATHS)
+    assert _value(argv, "-smp") == "4,sockets=2,cores=1,threads=2"
+    assert _value(argv, "-cpu") == "Westmere"
+    assert _value(argv, "-m") == "512M"
+    assert _value(argv, "-machine") == "pc-q35-7.2"
+    assert _value(argv, "-accel") == "tcg"
+
+
+def test_qmp_console_and_pidfile_go_to_the_runtime_paths() -> None:
+    argv = qemu_argv(_spec(), PATHS)
+    assert _value(argv, "-qmp") == "unix:/run/vm/qmp.sock,server=on,wait=off"
+    assert _value(argv, "-pidfile") == "/run/vm/qemu.pid"
+    assert "path=/run/vm/console.log" in _value(argv, "-chardev")
+
+
+def test_disks_bypass_the_host_cache_and_nics_keep_their_mac() -> None:
+    argv = qemu_argv(_spec(), PATHS)
+    assert "cache.direct=on" in " ".join(argv)
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,romfile=" in argv
+    assert "tap,id=net0,ifname=t-vm1,script=no,downscript=no" in argv
+
+
+def test_incoming_is_added_only_for_a_migration_target() -> None:
+    assert "-incoming" not in qemu_argv(_spec(), PATHS)
+    assert _value(qemu_argv(_spec(), PATHS, incoming="defer"), "-incoming") == "defer"
