@@ -44,3 +44,15 @@ def run(
 def succeeds(argv: Sequence[str]) -> bool:
     """True when `argv` exits 0 (output discarded)."""
     return run(argv, check=False).returncode == 0
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` runs and is not a zombie (kill(pid, 0) succeeds on zombies, and PID 1
+    on these machines does not reap orphans)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

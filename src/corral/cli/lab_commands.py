@@ -12,6 +12,7 @@ from rich.table import Table
 from corral import config
 from corral.cli.output import console, print_json
 from corral.errors import NotFoundError, UserInputError
+from corral.lab.agents import agent_pid, agent_socket, form_cluster
 from corral.lab.image import GuestImageBuilder
 from corral.lab.lifecycle import lab_down, lab_status, lab_up, load_plan, require_root
 from corral.lab.plan import LabConfig
@@ -73,9 +74,14 @@ def up_command(
         str, typer.Option(help="Guest network (the client gets host 254).")
     ] = "10.211.0.0/24",
     root: RootOption = None,
+    with_agents: Annotated[
+        bool,
+        typer.Option("--agents/--no-agents", help="Start an agent per node and form the cluster."),
+    ] = True,
 ) -> None:
     """Build the lab: a namespace per node, a migration network, a guest network with a
-    client namespace, shared and per-node storage directories. Safe to run twice."""
+    client namespace, shared and per-node storage directories, and an agent per node with
+    node1 the cluster's first member and the others joined by token. Safe to run twice."""
     cfg = LabConfig(
         nodes=nodes,
         prefix=prefix,
@@ -83,7 +89,11 @@ def up_command(
         migration_net=_network(migration_net, "--migration-net"),
         guest_net=_network(guest_net, "--guest-net"),
     )
-    lab_up(cfg, progress=console.print)
+    plan = lab_up(cfg, progress=console.print)
+    if with_agents:
+        with console.status("starting agents and forming the cluster"):
+            form_cluster(plan)
+        console.print(f"cluster formed: {', '.join(n.name for n in plan.nodes)} online")
 
 
 @lab_app.command("down")
@@ -114,6 +124,8 @@ def status_command(root: RootOption = None, json_out: JsonOption = False) -> Non
                         "bridge": n.bridge,
                         "migration_address": str(n.migration_address),
                         "local_dir": str(n.local_dir),
+                        "agent_pid": agent_pid(n),
+                        "agent_socket": str(agent_socket(n)),
                         "up": status.namespaces[n.netns],
                         "processes": len(status.processes.get(n.netns, [])),
                     }
@@ -128,24 +140,16 @@ def status_command(root: RootOption = None, json_out: JsonOption = False) -> Non
         )
         return
     table = Table(title=f"lab under {plan.config.root}")
-    for column in (
-        "node",
-        "namespace",
-        "migration address",
-        "guest bridge",
-        "local dir",
-        "processes",
-        "state",
-    ):
+    for column in ("node", "namespace", "migration address", "agent", "processes", "state"):
         table.add_column(column)
     for n in plan.nodes:
         ok = status.namespaces[n.netns]
+        pid = agent_pid(n)
         table.add_row(
             n.name,
             n.netns,
             str(n.migration_address),
-            n.bridge,
-            str(n.local_dir),
+            f"pid {pid}" if pid else "[yellow]not running[/]",
             str(len(status.processes.get(n.netns, []))),
             "[green]up[/]" if ok else "[red]missing[/]",
         )

@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 unexpected corral error; 2 bad input; 3 not found; 4 conflict with
 the current state; 5 something missing on this machine; 6 an external command failed;
-7 the hypervisor failed; 8 a wait timed out; 130 interrupted.
+7 the hypervisor failed; 8 a wait timed out; 9 access refused (certificate, token);
+10 no agent answered; 11/12/13 `task wait`: the task failed / was cancelled / was
+interrupted; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import typer
 
 from corral import __version__
+from corral.cli.agent_command import agent_command
+from corral.cli.cluster_commands import cluster_app, node_app
 from corral.cli.lab_commands import lab_app
 from corral.cli.output import fail
+from corral.cli.task_commands import task_app
 from corral.errors import CorralError
 
 app = typer.Typer(
@@ -21,6 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("agent")(agent_command)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(node_app, name="node")
+app.add_typer(task_app, name="task")
 app.add_typer(lab_app, name="lab")
 
 

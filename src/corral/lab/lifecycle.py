@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral import commands
-from corral.errors import ConflictError, EnvironmentProblem
-from corral.lab import netns
+from corral.errors import ConflictError, CorralError, EnvironmentProblem
+from corral.lab import agents, netns
 from corral.lab.plan import LabConfig, LabPlan, down_commands, plan_lab, up_commands
 
 Progress = Callable[[str], None]
@@ -139,6 +139,11 @@ def lab_up(config: LabConfig, progress: Progress = lambda _: None) -> LabPlan:
 
 
 def _teardown(plan: LabPlan, progress: Progress) -> None:
+    for node in plan.nodes:
+        if agents.agent_pid(node) is not None:
+            progress(f"stopping the agent of {node.name}")
+            with contextlib.suppress(CorralError, OSError):
+                agents.stop_agent(node)
     present = netns.existing_namespaces()
     for ns in plan.namespaces:
         if ns in present:

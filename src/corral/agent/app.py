@@ -1,0 +1,227 @@
+"""The agent's HTTP API (FastAPI, OpenAPI at /openapi.json, versioned under /v1).
+
+Two applications: `api_app` serves the local CLI (unix socket) and the peers and remote CLIs
+(HTTPS, mutual TLS); `join_app` serves only the token-authenticated join endpoint, on its own
+port, since a joining node has no certificate yet. A request carrying `x-corral-node: NAME`
+for another member is forwarded to it over mutual TLS.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from corral import __version__
+from corral.agent.api_models import (
+    TASK_ID_PATTERN,
+    ClusterInit,
+    JoinCommand,
+    JoinRequest,
+    JoinResponse,
+    LogChunk,
+    MemberModel,
+    TaskCreate,
+    TokenAnswer,
+    TokenRequest,
+)
+from corral.agent.node_agent import NodeAgent
+from corral.api_errors import error_body, status_for
+from corral.client import NODE_HEADER
+from corral.errors import CorralError
+from corral.model import NAME_PATTERN
+from corral.tasks.states import TaskState
+
+ORIGIN_HEADER = "x-corral-origin"
+Via = Literal["local", "peer"]
+TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
+NodeName = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CorralError)
+    async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}"
+        return JSONResponse(
+            {"error": {"type": "UserInputError", "message": message, "field": field}},
+            status_code=422,
+        )
+
+
+def _owner(request: Request, agent: NodeAgent, via: Via) -> str:
+    origin = request.headers.get(ORIGIN_HEADER)
+    if origin:
+        return origin[:64]
+    return f"cli@{agent.name}" if via == "local" else "remote"
+
+
+def api_app(agent: NodeAgent, via: Via) -> FastAPI:
+    """The node's API, as served to the local CLI (`via="local"`) or over mTLS."""
+    app = FastAPI(
+        title="corral agent", version=__version__, description="The API of one corral node agent."
+    )
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def forward_to_member(request: Request, call_next: Any) -> Response:
+        target = request.headers.get(NODE_HEADER)
+        if not target or target == agent.name:
+            response: Response = await call_next(request)
+            return response
+        try:
+            client = agent.peer(target)
+        except CorralError as exc:
+            return JSONResponse(error_body(exc), status_code=status_for(exc))
+        body = await request.body()
+        headers = {ORIGIN_HEADER: agent.name if via == "local" else "remote"}
+        if "content-type" in request.headers:
+            headers["content-type"] = request.headers["content-type"]
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            answer = await run_in_threadpool(
+                client.http.request, request.method, path, content=body, headers=headers, timeout=60
+            )
+        except Exception as exc:
+            return JSONResponse(
+                {
+                    "error": {
+                        "type": "Unreachable",
+                        "field": None,
+                        "message": f"node {target} did not answer: {exc}",
+                    }
+                },
+                status_code=502,
+            )
+        finally:
+            client.close()
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type"),
+        )
+
+    _node_routes(app, agent)
+    _task_routes(app, agent, via)
+    return app
+
+
+def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
+    @app.get("/v1/health", tags=["node"])
+    def health() -> dict[str, Any]:
+        """Liveness: the node's name, corral's version and whether it is a cluster member."""
+        return {"node": agent.name, "version": __version__, "member": agent.pki.member}
+
+    @app.get("/v1/facts", tags=["node"])
+    def facts() -> dict[str, Any]:
+        """This node's facts: architecture, CPU, hypervisor, memory, VM count."""
+        return agent.facts()
+
+    @app.get("/v1/cluster", tags=["cluster"])
+    def cluster() -> dict[str, Any]:
+        """This node's cluster membership."""
+        return agent.cluster_status()
+
+    @app.post("/v1/cluster/init", tags=["cluster"])
+    def cluster_init(body: ClusterInit) -> dict[str, Any]:
+        """Make a new cluster with this node as its first member and CA holder."""
+        return agent.init_cluster(body.name)
+
+    @app.post("/v1/cluster/tokens", tags=["cluster"])
+    def cluster_token(body: TokenRequest) -> TokenAnswer:
+        """A single-use join token that expires after `ttl_seconds`."""
+        token, expires = agent.new_token(body.ttl_seconds)
+        return TokenAnswer(token=token, expires_at=expires)
+
+    @app.post("/v1/cluster/join", tags=["cluster"])
+    def cluster_join(body: JoinCommand) -> dict[str, Any]:
+        """Join this node to the cluster whose member answers at `address`."""
+        return {"node": agent.name, "members": agent.join(body.address, body.token)}
+
+    @app.get("/v1/nodes", tags=["cluster"])
+    def nodes() -> list[dict[str, Any]]:
+        """Every member, its facts and whether it is online."""
+        return agent.nodes()
+
+    @app.post("/v1/nodes", tags=["cluster"], status_code=201)
+    def add_node(body: MemberModel) -> dict[str, str]:
+        """Record a member admitted by the CA holder (sent between agents)."""
+        agent.add_member(body)
+        return {"added": body.name}
+
+    @app.delete("/v1/nodes/{name}", tags=["cluster"])
+    def remove_node(name: NodeName, force: bool = False, propagate: bool = True) -> dict[str, str]:
+        """Remove a member; refused while it owns VMs unless `force`."""
+        agent.remove_node(name, force=force, propagate=propagate)
+        return {"removed": name}
+
+
+def _task_routes(app: FastAPI, agent: NodeAgent, via: Via) -> None:
+    @app.get("/v1/tasks", tags=["tasks"])
+    def list_tasks(
+        state: Annotated[list[TaskState] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Tasks of this node, newest first."""
+        return [t.to_json() for t in agent.tasks.recent(set(state) if state else None, limit)]
+
+    @app.get("/v1/tasks/kinds", tags=["tasks"])
+    def task_kinds() -> list[dict[str, Any]]:
+        """The task kinds this agent runs."""
+        return [
+            {"name": k.name, "idempotent": k.idempotent, "description": k.description}
+            for k in agent.runner.kinds.values()
+        ]
+
+    @app.post("/v1/tasks", tags=["tasks"], status_code=201)
+    def create_task(body: TaskCreate, request: Request) -> dict[str, Any]:
+        """Queue a task on this node (a peer's deferred task, or the CLI's)."""
+        task = agent.runner.submit(body.kind, body.args, _owner(request, agent, via), body.after)
+        return task.to_json()
+
+    @app.get("/v1/tasks/{task_id}", tags=["tasks"])
+    def get_task(task_id: TaskId) -> dict[str, Any]:
+        """One task: state, progress, result or error, and its history."""
+        return agent.tasks.get(task_id).to_json()
+
+    @app.get("/v1/tasks/{task_id}/log", tags=["tasks"])
+    def task_log(task_id: TaskId, offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
+        """The task's log from byte `offset` (follow it by passing back `offset`)."""
+        text, new_offset = agent.tasks.read_log(task_id, offset)
+        return LogChunk(text=text, offset=new_offset)
+
+    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
+    def cancel_task(task_id: TaskId) -> dict[str, Any]:
+        """Ask a task to stop."""
+        return agent.tasks.request_cancel(task_id).to_json()
+
+
+def join_app(agent: NodeAgent) -> FastAPI:
+    """The join endpoint, served on its own port without client certificates."""
+    app = FastAPI(title="corral join endpoint", version=__version__)
+    _install_error_handlers(app)
+
+    @app.get("/v1/join/ca", response_class=PlainTextResponse, tags=["join"])
+    def ca() -> str:
+        """The cluster CA certificate (PEM), for the joiner to check against its token."""
+        return agent.pki.ca_cert.read_text()
+
+    @app.post("/v1/join", tags=["join"])
+    def join(body: JoinRequest) -> JoinResponse:
+        """Admit a node that presents a valid, unused, unexpired token and a CSR."""
+        return agent.accept_join(body)
+
+    return app

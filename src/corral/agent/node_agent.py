@@ -1,0 +1,260 @@
+"""The node agent's services: the state, the task runner, the node registry and cluster
+membership of one node, used by the API routes and the server loop.
+
+Must never import: cli, lab.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from corral import __version__
+from corral.agent.api_models import JoinRequest, JoinResponse, MemberModel
+from corral.agent.settings import AgentSettings
+from corral.api_errors import Unreachable
+from corral.client import AgentClient
+from corral.cluster.peer_client import peer_client
+from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
+from corral.cluster.registry import NodeRecord, NodeRegistry
+from corral.cluster.tokens import JoinRefused, consume_token, issue_token, parse_token
+from corral.database import Database
+from corral.errors import ConflictError, CorralError
+from corral.hypervisors.qemu.facts import host_facts
+from corral.tasks.runner import TaskKind, TaskRunner
+from corral.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class NodeAgent:
+    """Everything one node's agent owns."""
+
+    def __init__(self, settings: AgentSettings, kinds: dict[str, TaskKind]) -> None:
+        self.settings = settings
+        self.name = settings.node_name
+        self.db = Database(settings.database_path)
+        self.tasks = TaskStore(self.db, settings.task_log_dir)
+        self.runner = TaskRunner(self.tasks, kinds, max_parallel=settings.max_parallel_tasks)
+        self.registry = NodeRegistry(self.db)
+        self.pki = PkiPaths(settings.pki_dir)
+        self.on_member: Callable[[], None] = lambda: None
+        self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
+
+    # -- facts and status ------------------------------------------------------------------
+
+    def facts(self) -> dict[str, Any]:
+        """This node's facts, as reported to peers and `node list`."""
+        facts = host_facts().to_json()
+        rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (self.name,))
+        facts["vm_count"] = int(rows[0][0])
+        facts["corral_version"] = __version__
+        return facts
+
+    def cluster_status(self) -> dict[str, Any]:
+        member = self.pki.member
+        return {
+            "node": self.name,
+            "member": member,
+            "holds_ca": self.pki.holds_ca_key,
+            "ca_fingerprint": fingerprint(self.pki.ca_cert.read_bytes()) if member else None,
+            "address": self.settings.address,
+            "api_port": self.settings.api_port,
+            "join_port": self.settings.join_port,
+        }
+
+    # -- cluster membership ----------------------------------------------------------------
+
+    def _require_member(self) -> None:
+        if not self.pki.member:
+            raise ConflictError(
+                f"node {self.name} is not in a cluster yet: run 'corral cluster"
+                " init' or 'corral node join'"
+            )
+
+    def init_cluster(self, cluster_name: str) -> dict[str, Any]:
+        """Make the cluster's CA and this node's certificate; this node is its first member.
+
+        :raise ConflictError: this node is already in a cluster.
+        """
+        ca = ClusterCA.create(self.pki, cluster_name)
+        ca.issue_node(self.pki, self.name, self.settings.address)
+        self.registry.upsert(self.name, self.settings.address, self.settings.api_port, self.facts())
+        self.registry.mark_seen(self.name, self.facts())
+        self.on_member()
+        return self.cluster_status()
+
+    def new_token(self, ttl_seconds: float) -> tuple[str, float]:
+        """A single-use join token and its expiry.
+
+        :raise NotFoundError: this node does not hold the CA's key.
+        """
+        self._require_member()
+        ca = ClusterCA.load(self.pki)
+        token, expires = issue_token(self.db, ca.fingerprint, ttl_seconds)
+        return str(token), expires
+
+    def join(self, address: str, token_text: str) -> list[str]:
+        """Join the cluster whose member answers at `address` (HOST or HOST:JOINPORT).
+
+        :raise JoinRefused: the token was refused, or the CA shown does not match it.
+        """
+        if self.pki.member:
+            raise ConflictError(f"node {self.name} is already in a cluster")
+        token = parse_token(token_text)
+        host, _, port_text = address.partition(":")
+        port = int(port_text) if port_text.isdigit() else self.settings.join_port
+        base = f"https://{host}:{port}/v1/join"
+        try:
+            ca_pem = httpx.get(f"{base}/ca", verify=False, timeout=10).text.encode()
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"no join endpoint answered at {host}:{port}: {exc}") from exc
+        try:
+            shown = fingerprint(ca_pem)
+        except ValueError as exc:
+            raise JoinRefused(f"{host}:{port} did not send a certificate") from exc
+        if shown != token.ca_fingerprint:
+            raise JoinRefused(
+                f"the CA at {host}:{port} does not match the token's fingerprint; refusing to join"
+            )
+        key_pem, csr_pem = make_key_and_csr(self.name)
+        request = JoinRequest(
+            token_id=token.id,
+            secret=token.secret,
+            node_name=self.name,
+            address=self.settings.address,
+            api_port=self.settings.api_port,
+            csr=csr_pem.decode(),
+            facts=self.facts(),
+        )
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
+        with AgentClient(url=f"https://{host}:{port}", ssl_context=ctx) as client:
+            answer = JoinResponse.model_validate(
+                client.post("/join", request.model_dump(mode="json"))
+            )
+        self.pki.save_node(answer.ca.encode(), answer.cert.encode(), key_pem)
+        for member in answer.members:
+            self.registry.upsert(
+                member.name, member.address, member.port, joined_at=member.joined_at
+            )
+        self.registry.mark_seen(self.name, self.facts())
+        self.on_member()
+        return [m.name for m in answer.members]
+
+    def accept_join(self, request: JoinRequest) -> JoinResponse:
+        """The CA holder's side of a join: check the token, sign, tell every member."""
+        self._require_member()
+        ca = ClusterCA.load(self.pki)
+        existing = {n.name: n for n in self.registry.list()}
+        if request.node_name in existing:
+            raise ConflictError(f"a node named {request.node_name!r} is already a member")
+        if any(
+            n.address == request.address and n.port == request.api_port for n in existing.values()
+        ):
+            raise ConflictError(
+                f"{request.address}:{request.api_port} is already a member's address"
+            )
+        consume_token(self.db, request.token_id, request.secret, request.node_name)
+        cert = ca.sign(request.csr.encode(), request.node_name, request.address)
+        self.registry.upsert(request.node_name, request.address, request.api_port, request.facts)
+        new = self.registry.get(request.node_name)
+        self._broadcast(
+            "POST",
+            "/nodes",
+            MemberModel.of(new).model_dump(mode="json"),
+            skip={self.name, new.name},
+        )
+        members = [MemberModel.of(n) for n in self.registry.list()]
+        return JoinResponse(ca=ca.cert_pem.decode(), cert=cert.decode(), members=members)
+
+    def add_member(self, member: MemberModel) -> None:
+        """Record a member another node admitted."""
+        self._require_member()
+        self.registry.upsert(member.name, member.address, member.port, joined_at=member.joined_at)
+
+    def remove_node(self, name: str, force: bool, propagate: bool = True) -> None:
+        """Remove a member; refused while it owns VMs unless `force`.
+
+        :raise ConflictError: the node owns VMs, or it is this node.
+        """
+        self._require_member()
+        self.registry.get(name)
+        if name == self.name and propagate:
+            raise ConflictError("a node cannot remove itself; run this on another member")
+        owned = int(self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (name,))[0][0])
+        if owned and not force:
+            raise ConflictError(
+                f"node {name} owns {owned} VM(s); migrate them away first or use --force"
+            )
+        if propagate:
+            self._broadcast(
+                "DELETE",
+                f"/nodes/{name}",
+                {"force": "true", "propagate": "false"},
+                skip={self.name},
+            )
+        self.registry.remove(name)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every member with its online state as this node sees it."""
+        now = time.time()
+        out = []
+        for node in self.registry.list():
+            info = node.to_json()
+            info["online"] = node.online(now, self.settings.offline_after)
+            info["self"] = node.name == self.name
+            out.append(info)
+        return out
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def peer(self, name: str) -> AgentClient:
+        """A client of member `name`.
+
+        :raise NotFoundError: no such member.
+        """
+        self._require_member()
+        node = self.registry.get(name)
+        return peer_client(self.pki, node)
+
+    def _broadcast(self, method: str, path: str, body: dict[str, Any], skip: set[str]) -> None:
+        for node in self.registry.list():
+            if node.name in skip:
+                continue
+            try:
+                with peer_client(self.pki, node) as client:
+                    if method == "DELETE":
+                        client.delete(path, **body)
+                    else:
+                        client.post(path, body)
+            except CorralError as exc:
+                log.warning("could not tell %s about %s %s: %s", node.name, method, path, exc)
+
+    def heartbeat_once(self) -> None:
+        """Record this node's facts, then ask every peer for theirs (in parallel)."""
+        if not self.pki.member:
+            return
+        self.registry.mark_seen(self.name, self.facts())
+        peers = [n for n in self.registry.list() if n.name != self.name]
+        list(self._peers.map(self._heartbeat_peer, peers))
+
+    def _heartbeat_peer(self, node: NodeRecord) -> None:
+        timeout = min(2.0, self.settings.heartbeat_interval * 2)
+        try:
+            with peer_client(self.pki, node, timeout=timeout) as client:
+                facts = client.get("/facts")
+            self.registry.mark_seen(node.name, facts)
+        except (CorralError, httpx.HTTPError, OSError) as exc:
+            log.debug("heartbeat to %s failed: %s", node.name, exc)
+
+    def validate_task_kind(self, kind: str) -> None:
+        self.runner.kind(kind)
+
+    def close(self) -> None:
+        self._peers.shutdown(wait=False, cancel_futures=True)

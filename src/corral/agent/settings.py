@@ -1,0 +1,102 @@
+"""The agent's settings: documented defaults, then a TOML file, then environment variables
+(`CORRAL_<NAME>`, e.g. CORRAL_NODE_NAME), then command-line flags; later ones win.
+
+Example `/etc/corral/agent.toml` (every key optional)::
+
+    node_name = "node1"          # default: the host name
+    address = "10.0.0.1"         # where peers reach this agent (and it listens)
+    api_port = 4710              # HTTPS with mutual TLS: peers and remote CLIs
+    join_port = 4711             # HTTPS, token-authenticated: only POST /v1/join
+    state_dir = "/var/lib/corral"    # SQLite database, PKI, task logs
+    storage_dir = "/var/lib/corral/storage"  # VM data, config and system directories
+    run_dir = "/run/corral"      # unix socket, VM runtime files
+    max_parallel_tasks = 2
+    heartbeat_interval = 2.0     # seconds between heartbeats to each peer
+    offline_after = 10.0         # a peer not heard from for this long is offline
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corral.errors import UserInputError
+from corral.model import NAME_PATTERN
+
+DEFAULT_CONFIG = Path("/etc/corral/agent.toml")
+ENV_PREFIX = "CORRAL_"
+
+
+def _hostname() -> str:
+    name = socket.gethostname().split(".")[0]
+    return name or "node"
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_name: str = Field(default_factory=_hostname, pattern=NAME_PATTERN)
+    address: str = "127.0.0.1"
+    api_port: int = Field(4710, ge=1, le=65535)
+    join_port: int = Field(4711, ge=1, le=65535)
+    state_dir: Path = Path("/var/lib/corral")
+    storage_dir: Path = Path("/var/lib/corral/storage")
+    run_dir: Path = Path("/run/corral")
+    max_parallel_tasks: int = Field(2, ge=1, le=64)
+    heartbeat_interval: float = Field(2.0, gt=0, le=300)
+    offline_after: float = Field(10.0, gt=0, le=3600)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "corral.db"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def task_log_dir(self) -> Path:
+        return self.state_dir / "tasks"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> AgentSettings:
+    """Merge defaults, the TOML file, the environment and `overrides` (flags).
+
+    :raise UserInputError: the file is not TOML, or a setting is invalid (named).
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["CORRAL_CONFIG"]) if "CORRAL_CONFIG" in env else None)
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise UserInputError("config", f"{path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise UserInputError("config", f"{path} is not valid TOML: {exc}") from exc
+    for name in AgentSettings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return AgentSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        raise UserInputError(field, first["msg"]) from exc

@@ -1,0 +1,141 @@
+"""`corral cluster ...` and `corral node ...`: membership."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from corral.cli.connection import JsonOption, NodeOption, agent_client
+from corral.cli.format import ago, mib
+from corral.cli.output import console, print_json
+
+cluster_app = typer.Typer(
+    help="Create a cluster and see this node's membership.", no_args_is_help=True
+)
+node_app = typer.Typer(help="Add, list and remove the cluster's nodes.", no_args_is_help=True)
+
+
+@cluster_app.command("init")
+def init_command(
+    name: Annotated[str, typer.Option(help="The cluster's name.")] = "corral",
+    node: NodeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make the cluster's certificate authority and this node's certificate; this node
+    becomes the first member and the one that admits others."""
+    with agent_client(node) as client:
+        status = client.post("/cluster/init", {"name": name})
+    if json_out:
+        print_json(status)
+        return
+    console.print(f"cluster {name!r} created; {status['node']} is its first member")
+    console.print(f"CA fingerprint {status['ca_fingerprint']}")
+    console.print(
+        "add nodes: 'corral node token' here, then 'corral node join "
+        f"{status['address']} --token TOKEN' on the new node"
+    )
+
+
+@cluster_app.command("status")
+def status_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
+    """Whether this node is in a cluster, and the cluster CA's fingerprint."""
+    with agent_client(node) as client:
+        status = client.get("/cluster")
+    if json_out:
+        print_json(status)
+        return
+    for key, value in status.items():
+        console.print(f"{key:15} {value}")
+
+
+@node_app.command("token")
+def token_command(
+    ttl: Annotated[float, typer.Option(help="Seconds until the token expires.")] = 3600,
+    node: NodeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Print a single-use join token (run on the node that ran 'cluster init')."""
+    with agent_client(node) as client:
+        answer = client.post("/cluster/tokens", {"ttl_seconds": ttl})
+    if json_out:
+        print_json(answer)
+        return
+    typer.echo(answer["token"])
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(answer["expires_at"]))
+    typer.echo(f"# single use, expires {expires}", err=True)
+
+
+@node_app.command("join")
+def join_command(
+    address: Annotated[str, typer.Argument(help="A member's address: HOST or HOST:JOINPORT.")],
+    token: Annotated[str, typer.Option(help="The token from 'corral node token'.")],
+    node: NodeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Join this node to the cluster a member of which answers at ADDRESS."""
+    with agent_client(node) as client:
+        answer = client.post("/cluster/join", {"address": address, "token": token}, timeout=60)
+    if json_out:
+        print_json(answer)
+        return
+    console.print(f"{answer['node']} joined; members: {', '.join(answer['members'])}")
+
+
+@node_app.command("list")
+def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
+    """Every member: address, online state, architecture, CPU, hypervisor, memory, VMs."""
+    with agent_client(node) as client:
+        nodes = client.get("/nodes")
+    if json_out:
+        print_json(nodes)
+        return
+    table = Table()
+    for column in (
+        "name",
+        "address",
+        "state",
+        "last seen",
+        "arch",
+        "CPU",
+        "hypervisor",
+        "memory free/total",
+        "VMs",
+    ):
+        table.add_column(column)
+    for n in nodes:
+        f = n["facts"]
+        state = "[green]online[/]" if n["online"] else "[red]offline[/]"
+        if n["draining"]:
+            state += " draining"
+        table.add_row(
+            n["name"] + (" *" if n.get("self") else ""),
+            f"{n['address']}:{n['port']}",
+            state,
+            ago(n["last_seen"]),
+            f.get("arch", "?"),
+            f"{f.get('cpu_vendor', '?')} {f.get('cpu_model', '')}".strip(),
+            f"{f.get('hypervisor', '?')} {f.get('hypervisor_version', '')}"
+            f" ({f.get('accelerator', '?')})",
+            f"{mib(f.get('memory_free_mib'))} / {mib(f.get('memory_total_mib'))}",
+            str(f.get("vm_count", "?")),
+        )
+    console.print(table)
+
+
+@node_app.command("remove")
+def remove_command(
+    name: Annotated[str, typer.Argument(help="The member to remove.")],
+    force: Annotated[bool, typer.Option(help="Remove it even though it owns VMs.")] = False,
+    node: NodeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a member from the cluster (refused while it owns VMs, unless --force)."""
+    with agent_client(node) as client:
+        answer = client.delete(f"/nodes/{name}", force=str(force).lower())
+    if json_out:
+        print_json(answer)
+        return
+    console.print(f"removed {name}")

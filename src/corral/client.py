@@ -1,0 +1,91 @@
+"""The client of an agent's API, for the CLI, the lab and other programs: over the local
+agent's unix socket, or over HTTPS with the cluster's mutual TLS. `node` routes a request
+through the agent to another member of its cluster.
+
+Must never import: agent, cli, lab, or the layers below (it speaks HTTP only).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.api_errors import Unreachable, raise_for_response
+
+NODE_HEADER = "x-corral-node"
+DEFAULT_SOCKET = Path("/run/corral/agent.sock")
+
+
+class AgentClient:
+    """Calls one agent's /v1 API."""
+
+    def __init__(
+        self,
+        *,
+        socket_path: Path | None = None,
+        url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        node: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        headers = {NODE_HEADER: node} if node else {}
+        if socket_path is not None:
+            self.where = str(socket_path)
+            transport = httpx.HTTPTransport(uds=str(socket_path))
+            self.http = httpx.Client(
+                transport=transport,
+                base_url="http://corral-agent",
+                headers=headers,
+                timeout=timeout,
+            )
+        elif url is not None:
+            self.where = url
+            self.http = httpx.Client(
+                base_url=url, verify=ssl_context or True, headers=headers, timeout=timeout
+            )
+        else:
+            raise ValueError("an AgentClient needs a socket path or a URL")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The decoded JSON answer to one call.
+
+        :raise Unreachable: no agent answered.
+        :raise CorralError: the agent answered with an error (same type as on the agent).
+        """
+        try:
+            response = self.http.request(
+                method, f"/v1{path}", json=json, params=params, timeout=timeout or self.http.timeout
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc
+        raise_for_response(response)
+        return response.json() if response.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        return self.request("POST", path, json=body if body is not None else {}, timeout=timeout)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params=params)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

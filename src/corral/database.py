@@ -1,0 +1,139 @@
+"""The node's SQLite database: one file per node, WAL mode, versioned schema migrations,
+and one way to write: `transaction()`, which commits all or nothing.
+
+Must never import any layer of corral; the stores of tasks, cluster and migration build on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Each entry moves the schema one version up; never edit one that has shipped, append.
+SCHEMA_MIGRATIONS: tuple[str, ...] = (
+    # 1: nodes, VMs, tasks with their event history, migrations, join tokens
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        joined_at REAL NOT NULL,
+        last_seen REAL,
+        facts TEXT NOT NULL DEFAULT '{}',
+        draining INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE vms (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        args TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        after TEXT,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        progress TEXT NOT NULL DEFAULT '{}',
+        result TEXT,
+        error TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        log_path TEXT NOT NULL
+    );
+    CREATE INDEX tasks_state ON tasks(state, created_at);
+    CREATE TABLE task_events (
+        task_id TEXT NOT NULL REFERENCES tasks(id),
+        at REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX task_events_task ON task_events(task_id, at);
+    CREATE TABLE migrations (
+        id TEXT PRIMARY KEY,
+        vm TEXT NOT NULL,
+        source TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        journal TEXT NOT NULL DEFAULT '[]',
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE TABLE join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        used_by TEXT
+    );
+    """,
+)
+
+
+class Database:
+    """The node's database file. Safe to share between threads: every transaction opens
+    its own connection, and SQLite's WAL lets readers run beside one writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._migrate_lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query."""
+        conn = self._connect()
+        try:
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+    @property
+    def version(self) -> int:
+        return int(self.query("PRAGMA user_version")[0][0])
+
+    def migrate(self) -> None:
+        """Apply every schema migration newer than the file's version, each atomically."""
+        with self._migrate_lock:
+            for number, script in enumerate(SCHEMA_MIGRATIONS, start=1):
+                with self.transaction() as conn:
+                    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                    if current >= number:
+                        continue
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")

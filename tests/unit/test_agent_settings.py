@@ -1,0 +1,54 @@
+"""Agent settings: defaults, then TOML, then environment, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.agent.settings import load_settings
+from corral.errors import UserInputError
+
+
+def test_defaults_are_documented_values(tmp_path: Path) -> None:
+    s = load_settings(None, {"node_name": "n1"}, environ={})
+    assert (s.api_port, s.join_port, s.max_parallel_tasks) == (4710, 4711, 2)
+    assert s.socket_path == Path("/run/corral/agent.sock")
+    assert s.database_path == Path("/var/lib/corral/corral.db")
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text('node_name = "fromfile"\napi_port = 5000\njoin_port = 5001\n')
+    s = load_settings(conf, {}, environ={"CORRAL_API_PORT": "6000"})
+    assert (s.node_name, s.api_port, s.join_port) == ("fromfile", 6000, 5001)
+    s = load_settings(conf, {"api_port": 7000}, environ={"CORRAL_API_PORT": "6000"})
+    assert s.api_port == 7000
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text('node_name = "envfile"\n')
+    assert load_settings(None, {}, environ={"CORRAL_CONFIG": str(conf)}).node_name == "envfile"
+
+
+def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text("this is [not toml\n")
+    with pytest.raises(UserInputError, match="not valid TOML"):
+        load_settings(conf, {}, environ={})
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_settings(tmp_path / "none.toml", {}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("api_port", 0), ("node_name", "a/b"), ("max_parallel_tasks", 0), ("colour", "red")],
+)
+def test_bad_settings_name_the_setting(tmp_path: Path, key: str, value: object) -> None:
+    with pytest.raises(UserInputError) as info:
+        load_settings(None, {key: value}, environ={})
+    assert info.value.field == key
