@@ -70,7 +70,11 @@ class AgentClient:
         except httpx.TransportError as exc:
             raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc
         raise_for_response(response)
-        return response.json() if response.content else None
+        if not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -77,6 +77,17 @@ SCHEMA_MIGRATIONS: tuple[str, ...] = (
         used_by TEXT
     );
     """,
+    # 2: the history of each VM's recorded state, so "it died while nobody watched" is kept
+    """
+    CREATE TABLE vm_events (
+        vm TEXT NOT NULL,
+        at REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX vm_events_vm ON vm_events(vm, at);
+    """,
 )
 
 

@@ -6,6 +6,7 @@ Must never import any other layer of corral.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
@@ -67,10 +68,11 @@ class CpuSpec(Frozen):
 
 
 class DiskSpec(Frozen):
-    """A virtio disk backed by an image file."""
+    """A virtio disk backed by an image file; `size_mib` is set when corral created it."""
 
     path: Path
     format: str = Field("qcow2", pattern=r"^(qcow2|raw)$")
+    size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
     cache_direct: bool = True
 
 
@@ -100,6 +102,11 @@ class VmSpec(Frozen):
     disks: tuple[DiskSpec, ...] = ()
     nics: tuple[NicSpec, ...] = ()
     boot: BootSpec | None = None
+
+
+def spec_digest(spec: VmSpec) -> str:
+    """A short hash of everything in `spec`: equal digests mean the same virtual machine."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 
 def generate_mac(rng: random.Random | None = None) -> str:

@@ -24,7 +24,7 @@ def agent(tmp_path: Path) -> Iterator[NodeAgent]:
         run_dir=tmp_path / "run",
         storage_dir=tmp_path / "storage",
     )
-    a = NodeAgent(settings, builtin_kinds())
+    a = NodeAgent(settings, builtin_kinds)
     a.runner.start()
     yield a
     a.runner.stop(grace=2)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from corral.hypervisors.qemu.cmdline import RuntimePaths, qemu_argv
+from corral.hypervisors.base import VmLayout
+from corral.hypervisors.qemu.cmdline import qemu_argv
 from corral.model import BootSpec, CpuSpec, CpuTopology, DiskSpec, NicSpec, VmSpec
 
-PATHS = RuntimePaths.in_dir(Path("/run/vm"))
+PATHS = VmLayout(Path("/run/vm"), Path("/shared/system/vm1/checkpoints"))
 
 
 def _spec() -> VmSpec:
@@ -36,8 +37,12 @@ def test_topology_model_memory_and_machine_are_passed() -> None:
 
 def test_qmp_console_and_pidfile_go_to_the_runtime_paths() -> None:
     argv = qemu_argv(_spec(), PATHS)
-    assert _value(argv, "-qmp") == "unix:/run/vm/qmp.sock,server=on,wait=off"
-    assert _value(argv, "-pidfile") == "/run/vm/qemu.pid"
+    monitors = [argv[i + 1] for i, a in enumerate(argv) if a == "-qmp"]
+    assert monitors == [
+        "unix:/run/vm/qmp.sock,server=on,wait=off",
+        "unix:/run/vm/qmp-status.sock,server=on,wait=off",
+    ]
+    assert _value(argv, "-pidfile") == "/run/vm/vm.pid"
     assert "path=/run/vm/console.log" in _value(argv, "-chardev")
 
 
@@ -46,6 +51,11 @@ def test_disks_bypass_the_host_cache_and_nics_keep_their_mac() -> None:
     assert "cache.direct=on" in " ".join(argv)
     assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,romfile=" in argv
     assert "tap,id=net0,ifname=t-vm1,script=no,downscript=no" in argv
+
+
+def test_paused_start_adds_minus_s() -> None:
+    assert "-S" not in qemu_argv(_spec(), PATHS)
+    assert "-S" in qemu_argv(_spec(), PATHS, paused=True)
 
 
 def test_incoming_is_added_only_for_a_migration_target() -> None:

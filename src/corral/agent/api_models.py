@@ -76,3 +76,12 @@ class TaskCreate(Body):
 class LogChunk(Body):
     text: str
     offset: int
+
+
+class StopRequest(Body):
+    timeout: float = Field(30, ge=0, le=3600, description="seconds before forcing")
+
+
+class CheckpointCreate(Body):
+    name: str = Field(pattern=NAME_PATTERN)
+    suspend: bool = False

@@ -25,10 +25,14 @@ from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_cs
 from corral.cluster.registry import NodeRecord, NodeRegistry
 from corral.cluster.tokens import JoinRefused, consume_token, issue_token, parse_token
 from corral.database import Database
-from corral.errors import ConflictError, CorralError
-from corral.hypervisors.qemu.facts import host_facts
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.hypervisors.base import HypervisorDriver
+from corral.hypervisors.qemu.accelerator import resolve_accelerator
+from corral.hypervisors.qemu.driver import QemuDriver
 from corral.tasks.runner import TaskKind, TaskRunner
 from corral.tasks.store import TaskStore
+from corral.vms.inventory import VmInventory
+from corral.vms.service import VmService
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,23 @@ log = logging.getLogger(__name__)
 class NodeAgent:
     """Everything one node's agent owns."""
 
-    def __init__(self, settings: AgentSettings, kinds: dict[str, TaskKind]) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        kinds: Callable[[VmService], dict[str, TaskKind]],
+        driver: HypervisorDriver | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.db = Database(settings.database_path)
+        self.dirs = settings.directories
+        self.dirs.ensure(self.name)
+        self.driver = driver or QemuDriver(resolve_accelerator(settings.accelerator))
+        self.vms = VmService(self.name, VmInventory(self.db), self.driver, self.dirs)
         self.tasks = TaskStore(self.db, settings.task_log_dir)
-        self.runner = TaskRunner(self.tasks, kinds, max_parallel=settings.max_parallel_tasks)
+        self.runner = TaskRunner(
+            self.tasks, kinds(self.vms), max_parallel=settings.max_parallel_tasks
+        )
         self.registry = NodeRegistry(self.db)
         self.pki = PkiPaths(settings.pki_dir)
         self.on_member: Callable[[], None] = lambda: None
@@ -51,9 +66,10 @@ class NodeAgent:
 
     def facts(self) -> dict[str, Any]:
         """This node's facts, as reported to peers and `node list`."""
-        facts = host_facts().to_json()
+        facts = self.driver.facts().to_json()
         rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (self.name,))
         facts["vm_count"] = int(rows[0][0])
+        facts["storage"] = self.dirs.describe()
         facts["corral_version"] = __version__
         return facts
 
@@ -237,7 +253,10 @@ class NodeAgent:
                 log.warning("could not tell %s about %s %s: %s", node.name, method, path, exc)
 
     def heartbeat_once(self) -> None:
-        """Record this node's facts, then ask every peer for theirs (in parallel)."""
+        """Reconcile VM records with what runs; record this node's facts, then ask every
+        peer for theirs (in parallel)."""
+        for vm, recorded, observed in self.vms.reconcile():
+            log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
         if not self.pki.member:
             return
         self.registry.mark_seen(self.name, self.facts())
@@ -253,8 +272,28 @@ class NodeAgent:
         except (CorralError, httpx.HTTPError, OSError) as exc:
             log.debug("heartbeat to %s failed: %s", node.name, exc)
 
-    def validate_task_kind(self, kind: str) -> None:
-        self.runner.kind(kind)
+    def require_name_free(self, vm: str) -> None:
+        """:raise ConflictError: a VM of that name exists on this node or an online member."""
+        try:
+            record = self.vms.record(vm)
+            raise ConflictError(f"a VM named {vm!r} already exists (owned by {record.owner})")
+        except NotFoundError:
+            pass
+        if not self.pki.member:
+            return
+        now = time.time()
+        for node in self.registry.list():
+            if node.name == self.name or not node.online(now, self.settings.offline_after):
+                continue
+            try:
+                with peer_client(self.pki, node, timeout=5) as client:
+                    client.get(f"/vms/{vm}")
+            except NotFoundError:
+                continue
+            except CorralError as exc:
+                log.warning("cannot ask %s about VM %s: %s", node.name, vm, exc)
+                continue
+            raise ConflictError(f"a VM named {vm!r} already exists on {node.name}")
 
     def close(self) -> None:
         self._peers.shutdown(wait=False, cancel_futures=True)

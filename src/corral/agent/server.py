@@ -86,7 +86,10 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        for recovered in self.agent.runner.recover_interrupted():
+        # Driver calls run their own event loops: keep them off this one.
+        for vm, recorded, observed in await asyncio.to_thread(self.agent.vms.reconcile):
+            log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
+        for recovered in await asyncio.to_thread(self.agent.runner.recover_interrupted):
             log.warning(
                 "task %s (%s) was interrupted: now %s",
                 recovered.id,

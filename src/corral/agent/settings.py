@@ -8,7 +8,11 @@ Example `/etc/corral/agent.toml` (every key optional)::
     api_port = 4710              # HTTPS with mutual TLS: peers and remote CLIs
     join_port = 4711             # HTTPS, token-authenticated: only POST /v1/join
     state_dir = "/var/lib/corral"    # SQLite database, PKI, task logs
-    storage_dir = "/var/lib/corral/storage"  # VM data, config and system directories
+    storage_dir = "/var/lib/corral/storage"  # default parent of the three VM directories
+    data_dir = "/var/lib/corral/storage/data"      # VM disks (may be shared storage)
+    config_dir = "/var/lib/corral/storage/config"  # VM specs (may be shared storage)
+    system_dir = "/var/lib/corral/storage/system"  # checkpoints (may be shared storage)
+    accelerator = "auto"         # kvm, tcg, or auto: kvm when QEMU can use it here
     run_dir = "/run/corral"      # unix socket, VM runtime files
     max_parallel_tasks = 2
     heartbeat_interval = 2.0     # seconds between heartbeats to each peer
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.errors import UserInputError
 from corral.model import NAME_PATTERN
+from corral.vms.directories import NodeDirectories
 
 DEFAULT_CONFIG = Path("/etc/corral/agent.toml")
 ENV_PREFIX = "CORRAL_"
@@ -47,9 +52,22 @@ class AgentSettings(BaseModel):
     state_dir: Path = Path("/var/lib/corral")
     storage_dir: Path = Path("/var/lib/corral/storage")
     run_dir: Path = Path("/run/corral")
+    data_dir: Path | None = None
+    config_dir: Path | None = None
+    system_dir: Path | None = None
+    accelerator: str = Field("auto", pattern=r"^(auto|kvm|tcg)$")
     max_parallel_tasks: int = Field(2, ge=1, le=64)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
     offline_after: float = Field(10.0, gt=0, le=3600)
+
+    @property
+    def directories(self) -> NodeDirectories:
+        return NodeDirectories(
+            data=self.data_dir or self.storage_dir / "data",
+            config=self.config_dir or self.storage_dir / "config",
+            system=self.system_dir or self.storage_dir / "system",
+            run=self.run_dir,
+        )
 
     @property
     def socket_path(self) -> Path:

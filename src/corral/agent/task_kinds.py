@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from corral.errors import UserInputError
+from corral.errors import CorralError, UserInputError
+from corral.model import is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
+from corral.tasks.store import Task
+from corral.vms.service import VmService
 
 
 def _validate_sleep(args: dict[str, Any]) -> None:
@@ -40,7 +43,91 @@ def run_sleep(ctx: TaskContext) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-def builtin_kinds() -> dict[str, TaskKind]:
+def _require(args: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if not isinstance(args.get(name), str) or not is_valid_name(args[name]):
+            raise UserInputError(f"args.{name}", "a name (letters, digits, '_', '.', '-')")
+
+
+def vm_kinds(vms: VmService) -> list[TaskKind]:
+    """Long VM operations, run as tasks so the CLI can follow them."""
+
+    def start(ctx: TaskContext) -> dict[str, Any]:
+        ctx.progress(phase="starting")
+        status = vms.start(ctx.args["vm"])
+        ctx.log(f"VM {ctx.args['vm']} {status.state.value} (pid {status.pid})")
+        return {"state": status.state.value, "pid": status.pid}
+
+    def stop(ctx: TaskContext) -> dict[str, Any]:
+        timeout = float(ctx.args.get("timeout", 30))
+        ctx.progress(phase="powering off", message=f"forced after {timeout:g}s")
+        graceful = vms.stop(ctx.args["vm"], timeout)
+        ctx.log("the guest powered off" if graceful else "the guest was forced off")
+        return {"graceful": graceful}
+
+    def checkpoint(ctx: TaskContext) -> dict[str, Any]:
+        ctx.progress(phase="saving state")
+        info = vms.checkpoint(
+            ctx.args["vm"], ctx.args["name"], suspend=bool(ctx.args.get("suspend", False))
+        )
+        ctx.log(f"checkpoint {info.name}: {info.size_bytes} bytes")
+        return info.to_json()
+
+    def restore(ctx: TaskContext) -> dict[str, Any]:
+        ctx.progress(phase="restoring")
+        status = vms.restore(ctx.args["vm"], ctx.args["name"])
+        ctx.log(f"VM {ctx.args['vm']} restored from {ctx.args['name']}")
+        return {"state": status.state.value, "pid": status.pid}
+
+    def after_interruption(task: Task) -> str:
+        vm = task.args.get("vm", "?")
+        try:
+            state = vms.status(vm).state.value
+        except CorralError as exc:
+            state = f"unknown ({exc})"
+        return f"the agent stopped during {task.kind}; VM {vm} is now {state}"
+
+    def validate_timeout(args: dict[str, Any]) -> None:
+        _require(args, "vm")
+        timeout = args.get("timeout", 30)
+        if not isinstance(timeout, int | float) or not 0 <= timeout <= 3600:
+            raise UserInputError("args.timeout", "seconds between 0 and 3600")
+
+    return [
+        TaskKind(
+            "vm.start",
+            start,
+            idempotent=True,
+            validate=lambda a: _require(a, "vm"),
+            description="start a VM",
+        ),
+        TaskKind(
+            "vm.stop",
+            stop,
+            idempotent=True,
+            validate=validate_timeout,
+            description="power a VM off (ACPI), forced after a timeout",
+        ),
+        TaskKind(
+            "checkpoint.create",
+            checkpoint,
+            idempotent=False,
+            validate=lambda a: _require(a, "vm", "name"),
+            recover=after_interruption,
+            description="save a VM's state and disks",
+        ),
+        TaskKind(
+            "checkpoint.restore",
+            restore,
+            idempotent=False,
+            validate=lambda a: _require(a, "vm", "name"),
+            recover=after_interruption,
+            description="bring a VM back from a checkpoint",
+        ),
+    ]
+
+
+def builtin_kinds(vms: VmService) -> dict[str, TaskKind]:
     kinds = [
         TaskKind(
             "sleep",
@@ -49,5 +136,6 @@ def builtin_kinds() -> dict[str, TaskKind]:
             validate=_validate_sleep,
             description="wait N seconds in steps, with progress (for checks and tests)",
         ),
+        *vm_kinds(vms),
     ]
     return {k.name: k for k in kinds}

@@ -60,4 +60,4 @@ def agent_command(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run_agent(NodeAgent(settings, builtin_kinds()))
+    run_agent(NodeAgent(settings, builtin_kinds))

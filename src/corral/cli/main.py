@@ -17,6 +17,7 @@ from corral.cli.cluster_commands import cluster_app, node_app
 from corral.cli.lab_commands import lab_app
 from corral.cli.output import fail
 from corral.cli.task_commands import task_app
+from corral.cli.vm_commands import checkpoint_app, vm_app
 from corral.errors import CorralError
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app.command("agent")(agent_command)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(node_app, name="node")
 app.add_typer(task_app, name="task")
+app.add_typer(vm_app, name="vm")
+app.add_typer(checkpoint_app, name="checkpoint")
 app.add_typer(lab_app, name="lab")
 
 

@@ -20,5 +20,5 @@ def print_json(data: Any) -> None:
 
 def fail(message: str, code: int) -> None:
     """Print `message` as an error and exit with `code`."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)

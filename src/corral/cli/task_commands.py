@@ -7,22 +7,19 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
+from corral.cli.follow import FINISHED, TaskEnded, exit_for, follow_task
 from corral.cli.format import ago, progress_text
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
 from corral.errors import UserInputError
-from corral.waiting import WaitTimeout
 
 task_app = typer.Typer(
     help="Deferred tasks: list, inspect, follow and cancel them.", no_args_is_help=True
 )
 TaskIdArg = Annotated[str, typer.Argument(help="The task's id (12 hex digits).")]
-FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
-EXIT_BY_STATE = {"succeeded": 0, "failed": 11, "cancelled": 12, "interrupted": 13}
 
 
 def _parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -171,38 +168,15 @@ def wait_command(
 ) -> None:
     """Wait for a task to finish, showing its progress. Exit code: 0 succeeded, 11 failed,
     12 cancelled, 13 interrupted, 8 timed out."""
-    deadline = time.monotonic() + timeout
     with agent_client(node) as client:
         task = client.get(f"/tasks/{task_id}")
-        if json_out:
-            while task["state"] not in FINISHED and time.monotonic() < deadline:
-                time.sleep(0.2)
-                task = client.get(f"/tasks/{task_id}")
-        else:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                row = bar.add_task(f"{task['kind']} {task_id}", total=None, info="")
-                while task["state"] not in FINISHED and time.monotonic() < deadline:
-                    p = task["progress"]
-                    bar.update(
-                        row,
-                        total=p.get("total"),
-                        completed=p.get("done", 0),
-                        info=f"{task['state']} {progress_text(p)}",
-                    )
-                    time.sleep(0.2)
-                    task = client.get(f"/tasks/{task_id}")
-    if task["state"] not in FINISHED:
-        raise WaitTimeout(f"task {task_id} is still {task['state']} after {timeout:g}s")
+        try:
+            task = follow_task(client, task, quiet=json_out, timeout=timeout)
+        except TaskEnded:
+            task = client.get(f"/tasks/{task_id}")
     if json_out:
         print_json(task)
     else:
         detail = f": {task['error']}" if task["error"] else ""
         console.print(f"{task_id} {task['state']}{detail}", highlight=False)
-    raise typer.Exit(EXIT_BY_STATE[task["state"]])
+    exit_for(task)

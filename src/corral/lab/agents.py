@@ -40,6 +40,7 @@ def agent_config(plan: LabPlan, node: LabNode) -> Path:
         f'storage_dir = "{plan.shared_dir}"\n'
         f"heartbeat_interval = {HEARTBEAT_INTERVAL}\n"
         f"offline_after = {OFFLINE_AFTER}\n"
+        'accelerator = "tcg"\n'
     )
     return path
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 from corral import commands
-from corral.hypervisors.qemu.cmdline import RuntimePaths, qemu_argv
+from corral.hypervisors.base import VmLayout
+from corral.hypervisors.qemu.cmdline import qemu_argv
 from corral.lab import netns
 from corral.lab.image import GuestImage, guest_cmdline
 from corral.lab.plan import LabNode, LabPlan
@@ -61,7 +62,7 @@ class LabGuest:
         self.plan, self.node = plan, node
         self.address = plan.guest_address(host_number)
         self.run_dir = node.local_dir / "guests" / name
-        self.paths = RuntimePaths.in_dir(self.run_dir)
+        self.layout = VmLayout(self.run_dir, self.run_dir / "checkpoints")
         self.tap = f"t-{name}"[:15]
         disks: tuple[DiskSpec, ...] = ()
         if disk_mib:
@@ -89,7 +90,7 @@ class LabGuest:
     def start(self) -> None:
         """Create the tap and disk, then start QEMU in the node's namespace."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths.console_log.unlink(missing_ok=True)
+        self.layout.console_log.unlink(missing_ok=True)
         for disk in self.spec.disks:
             commands.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(disk.path), f"{self.disk_mib}M"]
@@ -99,7 +100,7 @@ class LabGuest:
         commands.run(["ip", "-n", ns, "link", "set", self.tap, "master", self.node.bridge, "up"])
         with (self.run_dir / "qemu.log").open("wb") as log:
             self.process = subprocess.Popen(
-                netns.in_netns(ns, qemu_argv(self.spec, self.paths)),
+                netns.in_netns(ns, qemu_argv(self.spec, self.layout)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -109,7 +110,7 @@ class LabGuest:
     def console_lines(self) -> list[str]:
         """Every line the guest printed on its serial console so far."""
         try:
-            text = self.paths.console_log.read_text(errors="replace")
+            text = self.layout.console_log.read_text(errors="replace")
         except FileNotFoundError:
             return []
         # The firmware clears the screen with escape sequences before the kernel starts.

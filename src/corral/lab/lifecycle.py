@@ -17,7 +17,7 @@ from pathlib import Path
 
 from corral import commands
 from corral.errors import ConflictError, CorralError, EnvironmentProblem
-from corral.lab import agents, netns
+from corral.lab import agents, netns, reaping
 from corral.lab.plan import LabConfig, LabPlan, down_commands, plan_lab, up_commands
 
 Progress = Callable[[str], None]
@@ -105,6 +105,7 @@ def lab_up(config: LabConfig, progress: Progress = lambda _: None) -> LabPlan:
     """
     plan = plan_lab(config)  # bad settings are reported before anything else
     require_root()
+    reaping.become_subreaper()
     recorded = load_plan(config.root)
     if recorded is not None and recorded.config != config:
         raise ConflictError(
@@ -139,12 +140,20 @@ def lab_up(config: LabConfig, progress: Progress = lambda _: None) -> LabPlan:
 
 
 def _teardown(plan: LabPlan, progress: Progress) -> None:
+    present = netns.existing_namespaces()
+    # VMs first, while their agents live to reap them; then the agents; then the rest.
+    for node in plan.nodes:
+        if node.netns in present:
+            agent = agents.agent_pid(node)
+            vms = [pid for pid in netns.pids_in(node.netns) if pid != agent]
+            if vms:
+                progress(f"stopping {len(vms)} process(es) in {node.netns}")
+                netns.kill_pids(vms)
     for node in plan.nodes:
         if agents.agent_pid(node) is not None:
             progress(f"stopping the agent of {node.name}")
             with contextlib.suppress(CorralError, OSError):
                 agents.stop_agent(node)
-    present = netns.existing_namespaces()
     for ns in plan.namespaces:
         if ns in present:
             # Only processes inside the lab's own namespaces: ones the lab or its users started.
@@ -154,6 +163,7 @@ def _teardown(plan: LabPlan, progress: Progress) -> None:
                 netns.kill_pids(pids)
     for argv in down_commands(plan, present):
         commands.run(argv, check=False)
+    reaping.reap_zombie_children()
     for directory in reversed(plan.directories):
         if directory == plan.config.root:
             continue

@@ -2,38 +2,25 @@
 
 The same spec must give the same guest-visible machine on every node, since a migration's
 destination is started from it: machine type pinned, CPU model named, devices in a fixed
-order with fixed ids.
+order with fixed ids. Two QMP monitors: one for operations, one for status queries, so a
+long operation (a migration) never blinds `status`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
+from corral.hypervisors.base import VmLayout
 from corral.model import VmSpec
 
 QEMU_BINARY = "qemu-system-x86_64"
 
 
-@dataclass(frozen=True)
-class RuntimePaths:
-    """Where one running VM keeps its sockets, logs and pid file."""
-
-    qmp_socket: Path
-    console_log: Path
-    pid_file: Path
-
-    @classmethod
-    def in_dir(cls, folder: Path) -> RuntimePaths:
-        return cls(folder / "qmp.sock", folder / "console.log", folder / "qemu.pid")
-
-
 def qemu_argv(
     spec: VmSpec,
-    paths: RuntimePaths,
+    layout: VmLayout,
     *,
     accel: str = "tcg",
     incoming: str | None = None,
+    paused: bool = False,
     binary: str = QEMU_BINARY,
 ) -> list[str]:
     """The full argv that runs `spec`; `incoming` ("defer") starts a migration target."""
@@ -58,11 +45,13 @@ def qemu_argv(
         "-m",
         f"{spec.memory_mib}M",
         "-qmp",
-        f"unix:{paths.qmp_socket},server=on,wait=off",
+        f"unix:{layout.control_socket},server=on,wait=off",
+        "-qmp",
+        f"unix:{layout.status_socket},server=on,wait=off",
         "-pidfile",
-        str(paths.pid_file),
+        str(layout.pid_file),
         "-chardev",
-        f"file,id=console0,path={paths.console_log}",
+        f"file,id=console0,path={layout.console_log},append=on",
         "-serial",
         "chardev:console0",
     ]
@@ -92,6 +81,8 @@ def qemu_argv(
             "-device",
             f"virtio-net-pci,netdev=net{i},mac={nic.mac},id=nic{i}{rom}",
         ]
+    if paused:
+        argv.append("-S")
     if incoming is not None:
         argv += ["-incoming", incoming]
     return argv

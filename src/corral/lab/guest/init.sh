@@ -45,6 +45,12 @@ if [ -n "$DISK" ]; then
     /bin/disk-seq "/dev/$DISK" &
 fi
 
+# The CPU topology as the guest kernel sees it, for tests of sockets/cores/threads.
+t=/sys/devices/system/cpu
+cpus=$(ls -d $t/cpu[0-9]* | wc -l)
+sockets=$(cat $t/cpu[0-9]*/topology/physical_package_id | sort -u | wc -l)
+cores=$(for c in $t/cpu[0-9]*/topology; do echo "$(cat $c/physical_package_id)-$(cat $c/core_id)"; done | sort -u | wc -l)
+echo "TOPOLOGY cpus=$cpus sockets=$sockets cores_per_socket=$((cores / sockets)) threads_per_core=$((cpus / cores))"
 echo "BOOTED ip=${IP:-none} port=$PORT dirty=$DIRTY disk=${DISK:-none}"
 seq=0
 while :; do

@@ -1,0 +1,222 @@
+"""The QEMU driver: the contract of hypervisors/base.py over QMP (qemu.qmp).
+
+QEMU runs detached in its own session with two QMP monitors, a pid file and a console log
+in the VM's runtime directory; every call finds it again from there, so the agent can be
+restarted at any time and a VM that died meanwhile is seen as stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+from corral import commands
+from corral.errors import HypervisorError, UserInputError
+from corral.hypervisors import host_network
+from corral.hypervisors.base import (
+    CheckpointInfo,
+    HostFacts,
+    HypervisorDriver,
+    RunState,
+    RuntimeStatus,
+    VmLayout,
+)
+from corral.hypervisors.qemu import checkpoints, process
+from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
+from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
+from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
+from corral.model import VmSpec
+from corral.waiting import WaitTimeout, wait_for
+
+QEMU_STATES = {
+    "running": RunState.RUNNING,
+    "paused": RunState.PAUSED,
+    "prelaunch": RunState.PAUSED,
+    "inmigrate": RunState.INCOMING,
+    "postmigrate": RunState.MIGRATED,
+    "finish-migrate": RunState.RUNNING,
+    "save-vm": RunState.PAUSED,
+    "restore-vm": RunState.INCOMING,
+    "suspended": RunState.PAUSED,
+    "shutdown": RunState.SHUTTING_DOWN,
+    "internal-error": RunState.ERROR,
+    "io-error": RunState.ERROR,
+    "guest-panicked": RunState.ERROR,
+    "debug": RunState.PAUSED,
+    "watchdog": RunState.ERROR,
+    "colo": RunState.RUNNING,
+}
+
+
+class QemuDriver(HypervisorDriver):
+    name = "qemu"
+
+    def __init__(self, accelerator: str = "tcg", binary: str = QEMU_BINARY) -> None:
+        self.accelerator = accelerator
+        self.binary = binary
+
+    @functools.cached_property
+    def offer(self) -> QemuOffer:
+        return probe_qemu(self.accelerator, self.binary)
+
+    def facts(self) -> HostFacts:
+        return host_facts(self.offer, self.accelerator)
+
+    # -- definition ------------------------------------------------------------------------
+
+    def define(self, spec: VmSpec) -> None:
+        if shutil.which(self.binary) is None:
+            raise HypervisorError(f"{self.binary} is not installed")
+        if self.offer.cpu_models and spec.cpu.model not in self.offer.cpu_models:
+            raise UserInputError(
+                "cpu.model",
+                f"{spec.cpu.model!r} is not offered by QEMU"
+                f" {self.offer.version} here with {self.accelerator}",
+            )
+        if self.offer.machine_types and spec.machine not in self.offer.machine_types:
+            raise UserInputError(
+                "machine", f"{spec.machine!r} is not a machine type of QEMU {self.offer.version}"
+            )
+        present = host_network.bridges()
+        for i, nic in enumerate(spec.nics):
+            if nic.bridge not in present:
+                known = ", ".join(sorted(present)) or "none"
+                raise UserInputError(
+                    f"nics[{i}].bridge", f"no bridge {nic.bridge!r} on this node (bridges: {known})"
+                )
+        for i, disk in enumerate(spec.disks):
+            if disk.path.exists():
+                continue
+            if disk.size_mib is None:
+                raise UserInputError(f"disks[{i}].path", f"{disk.path} does not exist")
+            disk.path.parent.mkdir(parents=True, exist_ok=True)
+            commands.run(
+                ["qemu-img", "create", "-q", "-f", disk.format, str(disk.path), f"{disk.size_mib}M"]
+            )
+
+    def undefine(self, spec: VmSpec, layout: VmLayout, *, delete_disks: bool) -> None:
+        if process.find_pid(layout) is not None:
+            raise HypervisorError(f"VM {spec.name} is running; stop it first")
+        for nic in spec.nics:
+            host_network.remove_tap(nic.tap)
+        shutil.rmtree(layout.runtime_dir, ignore_errors=True)
+        if delete_disks:
+            for disk in spec.disks:
+                if disk.size_mib is not None:  # only disks corral created
+                    disk.path.unlink(missing_ok=True)
+            shutil.rmtree(layout.checkpoint_dir, ignore_errors=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _launch(self, spec: VmSpec, layout: VmLayout, *, paused: bool, incoming: str | None) -> int:
+        if process.find_pid(layout) is not None:
+            raise HypervisorError(f"VM {spec.name} already runs here")
+        for nic in spec.nics:
+            host_network.ensure_tap(nic.tap, nic.bridge)
+        argv = qemu_argv(
+            spec,
+            layout,
+            accel=self.accelerator,
+            incoming=incoming,
+            paused=paused,
+            binary=self.binary,
+        )
+        return process.spawn(argv, layout)
+
+    def start(self, spec: VmSpec, layout: VmLayout, *, paused: bool = False) -> RuntimeStatus:
+        pid = self._launch(spec, layout, paused=paused, incoming=None)
+        return RuntimeStatus(RunState.PAUSED if paused else RunState.RUNNING, pid)
+
+    def start_incoming(self, spec: VmSpec, layout: VmLayout) -> RuntimeStatus:
+        """Start the VM waiting for its state (`-incoming defer`): a checkpoint or a
+        migration stream."""
+        pid = self._launch(spec, layout, paused=True, incoming="defer")
+        return RuntimeStatus(RunState.INCOMING, pid)
+
+    def _gone(self, layout: VmLayout) -> bool:
+        return process.find_pid(layout) is None
+
+    def shutdown(self, layout: VmLayout, timeout: float) -> bool:
+        pid = process.find_pid(layout)
+        if pid is None:
+            return True
+        try:
+            qmp_call(layout.control_socket, "system_powerdown")
+            wait_for(lambda: self._gone(layout), timeout=timeout, what="the guest to power off")
+            graceful = True
+        except (WaitTimeout, HypervisorError):
+            graceful = False
+            with QmpSession(layout.control_socket) as qmp:
+                qmp.quit()
+            try:
+                wait_for(lambda: self._gone(layout), timeout=10, what="QEMU to quit")
+            except WaitTimeout:
+                process.terminate(pid)
+        process.reap_children()
+        process.clean_runtime(layout)
+        return graceful
+
+    def kill(self, layout: VmLayout) -> None:
+        pid = process.find_pid(layout)
+        if pid is not None:
+            process.terminate(pid, timeout=0.5)
+        process.clean_runtime(layout)
+
+    def pause(self, layout: VmLayout) -> None:
+        qmp_call(layout.control_socket, "stop")
+
+    def resume(self, layout: VmLayout) -> None:
+        qmp_call(layout.control_socket, "cont")
+
+    def status(self, layout: VmLayout) -> RuntimeStatus:
+        process.reap_children()
+        pid = process.find_pid(layout)
+        if pid is None:
+            return RuntimeStatus(RunState.STOPPED)
+        try:
+            answer = qmp_call(layout.status_socket, "query-status", timeout=3)
+        except HypervisorError as exc:
+            return RuntimeStatus(RunState.STARTING, pid, str(exc))
+        qemu_state = str(answer.get("status", ""))
+        return RuntimeStatus(QEMU_STATES.get(qemu_state, RunState.ERROR), pid, qemu_state)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(
+        self, spec: VmSpec, layout: VmLayout, name: str, *, suspend: bool
+    ) -> CheckpointInfo:
+        if process.find_pid(layout) is None:
+            raise HypervisorError(f"VM {spec.name} is not running")
+        with QmpSession(layout.control_socket, timeout=30) as qmp:
+            info = checkpoints.save(
+                qmp, spec, layout, name, qemu_version=self.offer.version, suspend=suspend
+            )
+        if suspend:
+            wait_for(lambda: self._gone(layout), timeout=30, what="QEMU to quit")
+            process.clean_runtime(layout)
+        return info
+
+    def restore(self, spec: VmSpec, layout: VmLayout, name: str) -> RuntimeStatus:
+        info = checkpoints.read_info(layout, name)
+        checkpoints.check_restorable(info, spec, self.offer.version)
+        if process.find_pid(layout) is not None:
+            self.kill(layout)
+        checkpoints.revert_disks(spec, name)
+        status = self.start_incoming(spec, layout)
+        try:
+            with QmpSession(layout.control_socket, timeout=30) as qmp:
+                checkpoints.load_state(qmp, layout, name)
+        except BaseException:
+            self.kill(layout)
+            raise
+        return RuntimeStatus(RunState.RUNNING, status.pid)
+
+    def delete_checkpoint(self, spec: VmSpec, layout: VmLayout, name: str) -> None:
+        if process.find_pid(layout) is not None:
+            with QmpSession(layout.control_socket) as qmp:
+                checkpoints.delete(spec, layout, name, qmp)
+        else:
+            checkpoints.delete(spec, layout, name, None)
+
+    def list_checkpoints(self, layout: VmLayout) -> list[CheckpointInfo]:
+        return checkpoints.list_infos(layout)

@@ -1,0 +1,108 @@
+"""A synchronous session on a QEMU's QMP socket, for driver code that runs in worker
+threads: qemu.qmp's async client on a private event loop. Errors become HypervisorError with
+the command and QEMU's error class; the disconnect that follows `quit` is expected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
+
+from corral.errors import HypervisorError
+
+# qemu.qmp logs the reader task's EOF after `quit` as an error; it is the expected end.
+logging.getLogger("qemu.qmp.protocol").setLevel(logging.CRITICAL)
+logging.getLogger("qemu.qmp.qmp_client").setLevel(logging.CRITICAL)
+
+
+class QmpSession:
+    """One connection to a VM's QMP socket."""
+
+    def __init__(self, socket_path: Path, name: str = "corral", timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(name)
+        self._connected = False
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
+
+    def connect(self) -> QmpSession:
+        """:raise HypervisorError: the socket does not answer."""
+        try:
+            self._run(self._client.connect(str(self.socket_path)))
+        except (ConnectError, OSError, TimeoutError) as exc:
+            self._loop.close()
+            raise HypervisorError(f"QMP socket {self.socket_path} does not answer: {exc}") from exc
+        self._connected = True
+        return self
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run one QMP command and return its result.
+
+        :raise HypervisorError: QEMU answered with an error, or the connection broke.
+        """
+        try:
+            return self._run(self._client.execute(command, arguments), timeout)
+        except ExecuteError as exc:
+            info = exc.error.error
+            raise HypervisorError(f"QEMU refused {command}: {info.class_}: {info.desc}") from exc
+        except (OSError, EOFError, TimeoutError, asyncio.CancelledError) as exc:
+            raise HypervisorError(f"QMP {command} failed: {type(exc).__name__} {exc}") from exc
+        except Exception as exc:  # qemu.qmp's own disconnect errors
+            raise HypervisorError(f"QMP {command} failed: {type(exc).__name__} {exc}") from exc
+
+    def quit(self) -> None:
+        """Ask QEMU to exit; the connection closing is the expected answer."""
+        with contextlib.suppress(HypervisorError):
+            self.execute("quit")
+
+    def wait_event(self, names: set[str], timeout: float) -> dict[str, Any] | None:
+        """The next event named in `names` within `timeout` seconds, or None."""
+
+        async def next_event() -> dict[str, Any] | None:
+            with self._client.listener(tuple(names)) as listener:
+                async for event in listener:
+                    return dict(event)
+            return None
+
+        try:
+            result: dict[str, Any] | None = self._run(next_event(), timeout)
+        except TimeoutError:
+            return None
+        return result
+
+    def close(self) -> None:
+        if self._connected:
+            with contextlib.suppress(Exception):
+                self._run(self._client.disconnect(), 5)
+            self._connected = False
+        if not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> QmpSession:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def qmp_call(
+    socket_path: Path, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+) -> Any:
+    """One command on a fresh connection."""
+    with QmpSession(socket_path, timeout=timeout) as session:
+        return session.execute(command, arguments)

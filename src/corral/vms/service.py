@@ -1,0 +1,212 @@
+"""The VM service of one node: create, start, stop, kill, pause, resume, delete and
+checkpoint VMs through the hypervisor driver, keeping the records true to what runs.
+
+Recorded state is what this node last did or saw; `status` always asks the driver. When they
+differ (a VM killed behind the agent's back, one that died while the agent was down),
+`reconcile` records the truth with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.hypervisors.base import (
+    CheckpointInfo,
+    HypervisorDriver,
+    RunState,
+    RuntimeStatus,
+    VmLayout,
+)
+from corral.vms.directories import NodeDirectories
+from corral.vms.inventory import VmInventory, VmRecord
+from corral.vms.specs import VmRequest, resolve
+
+log = logging.getLogger(__name__)
+
+
+class VmService:
+    def __init__(
+        self, node: str, inventory: VmInventory, driver: HypervisorDriver, dirs: NodeDirectories
+    ) -> None:
+        self.node = node
+        self.inventory = inventory
+        self.driver = driver
+        self.dirs = dirs
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def record(self, name: str) -> VmRecord:
+        return self.inventory.get(name)
+
+    def local(self, name: str) -> VmRecord:
+        """The VM's record, if this node owns it.
+
+        :raise ConflictError: another node owns it (the message names it).
+        """
+        record = self.inventory.get(name)
+        if record.owner != self.node:
+            raise ConflictError(f"VM {name} is owned by {record.owner}; use --node {record.owner}")
+        return record
+
+    def layout(self, name: str) -> VmLayout:
+        return self.dirs.layout(name)
+
+    def status(self, name: str) -> RuntimeStatus:
+        return self.driver.status(self.layout(name))
+
+    def describe(self, record: VmRecord) -> dict[str, Any]:
+        info = record.to_json()
+        observed = self.status(record.name) if record.owner == self.node else None
+        info["observed"] = observed.state.value if observed else None
+        info["pid"] = observed.pid if observed else None
+        info["console_log"] = str(self.layout(record.name).console_log)
+        return info
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [self.describe(r) for r in self.inventory.all()]
+
+    # -- definition ------------------------------------------------------------------------
+
+    def create(self, request: VmRequest) -> VmRecord:
+        """Define a VM on this node (stopped). Nothing is left behind if any step fails.
+
+        :raise ConflictError: the name is taken. :raise UserInputError: naming the field.
+        """
+        try:
+            self.inventory.get(request.name)
+            raise ConflictError(f"a VM named {request.name!r} already exists")
+        except NotFoundError:
+            pass
+        spec = resolve(request, self.dirs)
+        created = [d.path for d in spec.disks if d.size_mib is not None and not d.path.exists()]
+        try:
+            self.driver.define(spec)
+            spec_file = self.dirs.spec_file(spec.name)
+            spec_file.parent.mkdir(parents=True, exist_ok=True)
+            spec_file.write_text(spec.model_dump_json(indent=2) + "\n")
+            return self.inventory.add(spec, self.node, RunState.STOPPED.value)
+        except BaseException:
+            for path in created:
+                path.unlink(missing_ok=True)
+            self.dirs.spec_file(spec.name).unlink(missing_ok=True)
+            raise
+
+    def delete(self, name: str, *, keep_disks: bool = False) -> None:
+        """Remove a stopped VM: its runtime files, its spec and record (disks unless kept).
+
+        :raise ConflictError: it is running.
+        """
+        record = self.local(name)
+        if self.status(name).state != RunState.STOPPED:
+            raise ConflictError(f"VM {name} is running; stop or kill it first")
+        self.driver.undefine(record.spec, self.layout(name), delete_disks=not keep_disks)
+        self.dirs.spec_file(name).unlink(missing_ok=True)
+        self.inventory.remove(name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, name: str) -> RuntimeStatus:
+        """Start the VM (nothing to do if it runs)."""
+        record = self.local(name)
+        current = self.status(name)
+        if current.state in (RunState.RUNNING, RunState.PAUSED):
+            return current
+        status = self.driver.start(record.spec, self.layout(name))
+        self.inventory.set_state(name, RunState.RUNNING.value, "started")
+        return status
+
+    def stop(self, name: str, timeout: float) -> bool:
+        """ACPI power-off, forced after `timeout`; True when the guest went by itself."""
+        self.local(name)
+        graceful = self.driver.shutdown(self.layout(name), timeout)
+        how = "powered off" if graceful else f"forced off after {timeout:g}s"
+        self.inventory.set_state(name, RunState.STOPPED.value, how)
+        return graceful
+
+    def kill(self, name: str) -> None:
+        self.local(name)
+        self.driver.kill(self.layout(name))
+        self.inventory.set_state(name, RunState.STOPPED.value, "killed")
+
+    def pause(self, name: str) -> None:
+        self._require_state(name, {RunState.RUNNING})
+        self.driver.pause(self.layout(name))
+        self.inventory.set_state(name, RunState.PAUSED.value, "paused")
+
+    def resume(self, name: str) -> None:
+        self._require_state(name, {RunState.PAUSED})
+        self.driver.resume(self.layout(name))
+        self.inventory.set_state(name, RunState.RUNNING.value, "resumed")
+
+    def _require_state(self, name: str, allowed: set[RunState]) -> RuntimeStatus:
+        self.local(name)
+        status = self.status(name)
+        if status.state not in allowed:
+            wanted = " or ".join(sorted(s.value for s in allowed))
+            raise ConflictError(f"VM {name} is {status.state.value}, not {wanted}")
+        return status
+
+    def console(self, name: str, lines: int) -> str:
+        """The last `lines` lines of the VM's serial console."""
+        self.record(name)
+        try:
+            text = self.layout(name).console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:]) + "\n"
+
+    def reconcile(self) -> list[tuple[str, str, str]]:
+        """Record the observed state of every VM this node owns where it differs from the
+        record; returns (vm, recorded, observed) for each change."""
+        changes = []
+        for record in self.inventory.all():
+            if record.owner != self.node:
+                continue
+            try:
+                observed = self.status(record.name).state
+            except CorralError as exc:
+                log.warning("cannot observe VM %s: %s", record.name, exc)
+                continue
+            if observed in (RunState.STARTING, RunState.INCOMING, RunState.SHUTTING_DOWN):
+                continue  # transitional: a task is working on it
+            if observed.value != record.state:
+                reason = (
+                    "found stopped: its process died or was killed outside corral"
+                    if observed == RunState.STOPPED
+                    else f"found {observed.value}"
+                )
+                self.inventory.set_state(record.name, observed.value, reason)
+                changes.append((record.name, record.state, observed.value))
+        return changes
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, name: str, checkpoint: str, *, suspend: bool) -> CheckpointInfo:
+        record = self.local(name)
+        self._require_state(name, {RunState.RUNNING, RunState.PAUSED})
+        info = self.driver.checkpoint(record.spec, self.layout(name), checkpoint, suspend=suspend)
+        if suspend:
+            self.inventory.set_state(
+                name, RunState.STOPPED.value, f"suspended into checkpoint {checkpoint}"
+            )
+        else:
+            self.inventory.note(name, f"checkpoint {checkpoint} saved")
+        return info
+
+    def checkpoints(self, name: str) -> list[CheckpointInfo]:
+        self.record(name)
+        return self.driver.list_checkpoints(self.layout(name))
+
+    def restore(self, name: str, checkpoint: str) -> RuntimeStatus:
+        record = self.local(name)
+        status = self.driver.restore(record.spec, self.layout(name), checkpoint)
+        reason = f"restored from checkpoint {checkpoint}"
+        if self.inventory.set_state(name, RunState.RUNNING.value, reason).state == record.state:
+            self.inventory.note(name, reason)
+        return status
+
+    def delete_checkpoint(self, name: str, checkpoint: str) -> None:
+        record = self.local(name)
+        self.driver.delete_checkpoint(record.spec, self.layout(name), checkpoint)
