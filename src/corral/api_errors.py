@@ -51,6 +51,7 @@ def error_body(exc: errors.CorralError) -> dict[str, Any]:
             "type": type(exc).__name__,
             "message": exc.message,
             "field": getattr(exc, "field", None),
+            "details": exc.details,
         }
     }
 
@@ -59,6 +60,7 @@ def raise_for_response(response: httpx.Response) -> None:
     """:raise CorralError: of the type the agent reported, when the response is an error."""
     if response.is_success:
         return
+    info: Any = {}
     try:
         info = response.json()["error"]
         message, kind, field = str(info["message"]), str(info["type"]), info.get("field")
@@ -67,12 +69,15 @@ def raise_for_response(response: httpx.Response) -> None:
     if kind == "UserInputError" or response.status_code == 422:
         problem = message.split(": ", 1)[1] if field and ": " in message else message
         raise errors.UserInputError(str(field or "request"), problem)
+    details = info.get("details") if isinstance(info, dict) else None
     if kind == "Unreachable":
         raise Unreachable(message)
     if response.status_code == 404:
         raise errors.NotFoundError(message)
     if response.status_code == 409:
-        raise errors.ConflictError(message)
+        conflict = errors.ConflictError(message)
+        conflict.details = details
+        raise conflict
     if response.status_code == 403:
         raise AccessDenied(message)
     if response.status_code == 503:

@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 
 class CorralError(Exception):
-    """Base of every corral error. `exit_code` is what the CLI exits with."""
+    """Base of every corral error. `exit_code` is what the CLI exits with; `details`, when
+    set, is structured data for programs (the reasons of a refused migration, say)."""
 
     exit_code = 1
+    details: object = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -85,3 +85,7 @@ class StopRequest(Body):
 class CheckpointCreate(Body):
     name: str = Field(pattern=NAME_PATTERN)
     suspend: bool = False
+
+
+class AdoptRequest(Body):
+    spec: dict[str, Any]

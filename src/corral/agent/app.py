@@ -29,6 +29,7 @@ from corral.agent.api_models import (
     TokenRequest,
 )
 from corral.agent.node_agent import NodeAgent
+from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
 from corral.api_errors import error_body, status_for
 from corral.client import NODE_HEADER
@@ -118,6 +119,8 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
     _node_routes(app, agent)
     _task_routes(app, agent, via)
     vm_routes(app, agent, lambda request: _owner(request, agent, via))
+    migration_routes(app, agent, lambda request: _owner(request, agent, via))
+    runtime_routes(app, agent)
     return app
 
 

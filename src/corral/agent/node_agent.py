@@ -26,9 +26,10 @@ from corral.cluster.registry import NodeRecord, NodeRegistry
 from corral.cluster.tokens import JoinRefused, consume_token, issue_token, parse_token
 from corral.database import Database
 from corral.errors import ConflictError, CorralError, NotFoundError
-from corral.hypervisors.base import HypervisorDriver
+from corral.hypervisors import host_network
 from corral.hypervisors.qemu.accelerator import resolve_accelerator
 from corral.hypervisors.qemu.driver import QemuDriver
+from corral.migration.journal import MigrationJournal
 from corral.tasks.runner import TaskKind, TaskRunner
 from corral.tasks.store import TaskStore
 from corral.vms.inventory import VmInventory
@@ -43,8 +44,8 @@ class NodeAgent:
     def __init__(
         self,
         settings: AgentSettings,
-        kinds: Callable[[VmService], dict[str, TaskKind]],
-        driver: HypervisorDriver | None = None,
+        kinds: Callable[[NodeAgent], dict[str, TaskKind]],
+        driver: QemuDriver | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.node_name
@@ -54,11 +55,10 @@ class NodeAgent:
         self.driver = driver or QemuDriver(resolve_accelerator(settings.accelerator))
         self.vms = VmService(self.name, VmInventory(self.db), self.driver, self.dirs)
         self.tasks = TaskStore(self.db, settings.task_log_dir)
-        self.runner = TaskRunner(
-            self.tasks, kinds(self.vms), max_parallel=settings.max_parallel_tasks
-        )
+        self.journal = MigrationJournal(self.db)
         self.registry = NodeRegistry(self.db)
         self.pki = PkiPaths(settings.pki_dir)
+        self.runner = TaskRunner(self.tasks, kinds(self), max_parallel=settings.max_parallel_tasks)
         self.on_member: Callable[[], None] = lambda: None
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
 
@@ -70,6 +70,7 @@ class NodeAgent:
         rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (self.name,))
         facts["vm_count"] = int(rows[0][0])
         facts["storage"] = self.dirs.describe()
+        facts["bridges"] = sorted(host_network.bridges())
         facts["corral_version"] = __version__
         return facts
 

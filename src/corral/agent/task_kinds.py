@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from corral.errors import CorralError, UserInputError
+from corral.migration.journal import MigrationPhase
+from corral.migration.options import MigrationOptions
+from corral.migration.orchestrator import run_source
+from corral.migration.receiver import recover_receiver, run_receiver
+from corral.migration.recovery import recover_vm
 from corral.model import is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
 from corral.tasks.store import Task
 from corral.vms.service import VmService
+
+if TYPE_CHECKING:
+    from corral.agent.node_agent import NodeAgent
 
 
 def _validate_sleep(args: dict[str, Any]) -> None:
@@ -127,7 +138,62 @@ def vm_kinds(vms: VmService) -> list[TaskKind]:
     ]
 
 
-def builtin_kinds(vms: VmService) -> dict[str, TaskKind]:
+def _validate_send(args: dict[str, Any]) -> None:
+    try:
+        MigrationOptions.model_validate(args.get("options"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserInputError(
+            "args.options." + ".".join(str(p) for p in first["loc"]), first["msg"]
+        ) from exc
+
+
+def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
+    """The source's migration and the destination's receive task."""
+    from corral.agent import migration_desk
+
+    def send(ctx: TaskContext) -> dict[str, Any]:
+        return run_source(migration_desk.migration_services(agent), ctx)
+
+    def receive(ctx: TaskContext) -> dict[str, Any]:
+        return run_receiver(migration_desk.receiver_services(agent), ctx)
+
+    def recover_send(task: Task) -> str | None:
+        options = task.args.get("options", {})
+        vm = str(options.get("vm", "?"))
+        spec = None
+        with contextlib.suppress(CorralError):
+            spec = agent.vms.record(vm).spec
+        services = migration_desk.migration_services(agent)
+        result = recover_vm(services, vm, str(options.get("target", "")), spec)
+        agent.journal.step(
+            str(task.args["migration_id"]), MigrationPhase.RECOVERED, str(result["outcome"])
+        )
+        return f"the agent stopped during the migration; recovered: {result['outcome']}"
+
+    def recover_receive(task: Task) -> str | None:
+        return recover_receiver(migration_desk.receiver_services(agent), task)
+
+    return [
+        TaskKind(
+            "migration.send",
+            send,
+            idempotent=False,
+            recover=recover_send,
+            validate=_validate_send,
+            description="live-migrate a VM from this node (the source's side)",
+        ),
+        TaskKind(
+            "migration.receive",
+            receive,
+            idempotent=False,
+            recover=recover_receive,
+            description="receive a live-migrating VM (the destination's side)",
+        ),
+    ]
+
+
+def builtin_kinds(agent: NodeAgent) -> dict[str, TaskKind]:
     kinds = [
         TaskKind(
             "sleep",
@@ -136,6 +202,7 @@ def builtin_kinds(vms: VmService) -> dict[str, TaskKind]:
             validate=_validate_sleep,
             description="wait N seconds in steps, with progress (for checks and tests)",
         ),
-        *vm_kinds(vms),
+        *vm_kinds(agent.vms),
+        *migration_kinds(agent),
     ]
     return {k.name: k for k in kinds}

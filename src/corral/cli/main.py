@@ -15,6 +15,7 @@ from corral import __version__
 from corral.cli.agent_command import agent_command
 from corral.cli.cluster_commands import cluster_app, node_app
 from corral.cli.lab_commands import lab_app
+from corral.cli.migrate_command import migrate_command
 from corral.cli.output import fail
 from corral.cli.task_commands import task_app
 from corral.cli.vm_commands import checkpoint_app, vm_app
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("agent")(agent_command)
+app.command("migrate")(migrate_command)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(node_app, name="node")
 app.add_typer(task_app, name="task")

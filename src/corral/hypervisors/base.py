@@ -180,3 +180,105 @@ class HypervisorDriver(ABC):
 
     @abstractmethod
     def list_checkpoints(self, layout: VmLayout) -> list[CheckpointInfo]: ...
+
+
+@dataclass(frozen=True)
+class MigrationTuning:
+    """What both sides of a migration must agree on, and the source's limits."""
+
+    tls_dir: Path | None = None  # cluster CA and this node's certificate, QEMU's names
+    tls_hostname: str | None = None  # the target's name or address in its certificate (src)
+    multifd_channels: int = 1  # > 1: parallel streams
+    postcopy: bool = False  # allow switching to post-copy
+    bandwidth_bytes: int = 0  # 0: unlimited
+    downtime_ms: int = 300  # the initial downtime limit
+    auto_converge: bool = True  # armed at the start, engaged by the policy
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """One observation of an outgoing migration (the policy's input)."""
+
+    state: str  # setup, active, postcopy-active, completed, failed, ...
+    elapsed_ms: int = 0
+    ram_total: int = 0
+    ram_transferred: int = 0
+    ram_remaining: int = 0
+    throughput_mbps: float = 0.0
+    dirty_pages_rate: int = 0  # pages per second
+    page_size: int = 4096
+    iterations: int = 0  # dirty-sync-count
+    expected_downtime_ms: int = 0
+    downtime_ms: int | None = None  # known once completed
+    setup_ms: int | None = None
+    throttle_percent: int = 0
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MigrationDriver(ABC):
+    """The migration primitives of a driver, each run on its named side."""
+
+    @abstractmethod
+    def compatible(
+        self, spec: VmSpec, source: dict[str, Any], target: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """(code, message) for each reason `spec` cannot move from a host with facts
+        `source` to one with facts `target`; empty when it can."""
+
+    @abstractmethod
+    def migration_listen(
+        self, spec: VmSpec, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
+    ) -> None:
+        """Destination: start the VM waiting for its state and listen on address:port."""
+
+    @abstractmethod
+    def migration_incoming_done(self, layout: VmLayout) -> bool:
+        """Destination: True once the VM runs here (resuming it if it arrived paused).
+
+        :raise HypervisorError: the incoming VM died.
+        """
+
+    @abstractmethod
+    def migration_start(
+        self, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
+    ) -> None:
+        """Source: start sending the VM to address:port."""
+
+    @abstractmethod
+    def migration_status(self, layout: VmLayout) -> MigrationStatus: ...
+
+    @abstractmethod
+    def migration_tune(
+        self,
+        layout: VmLayout,
+        *,
+        downtime_ms: int | None = None,
+        engage_auto_converge: bool = False,
+    ) -> None:
+        """Source: change the limits of the running migration."""
+
+    @abstractmethod
+    def migration_postcopy(self, layout: VmLayout) -> None: ...
+
+    @abstractmethod
+    def migration_force(self, layout: VmLayout) -> None:
+        """Source: finish now: pause the guest so the rest copies without new dirt."""
+
+    @abstractmethod
+    def migration_cancel(self, layout: VmLayout) -> None:
+        """Source: abort; the VM stays (and runs) here."""
+
+    @abstractmethod
+    def migration_resume_source(self, layout: VmLayout) -> None:
+        """Source: make the VM run again after a failed or cancelled migration."""
+
+    @abstractmethod
+    def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
+        """Source: the guest's dirty rate in MiB/s, measured over `seconds`."""

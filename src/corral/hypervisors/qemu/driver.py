@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+from typing import Any
 
 from corral import commands
 from corral.errors import HypervisorError, UserInputError
@@ -17,11 +18,14 @@ from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
     HypervisorDriver,
+    MigrationDriver,
+    MigrationStatus,
+    MigrationTuning,
     RunState,
     RuntimeStatus,
     VmLayout,
 )
-from corral.hypervisors.qemu import checkpoints, process
+from corral.hypervisors.qemu import checkpoints, migration, process
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
@@ -48,7 +52,7 @@ QEMU_STATES = {
 }
 
 
-class QemuDriver(HypervisorDriver):
+class QemuDriver(HypervisorDriver, MigrationDriver):
     name = "qemu"
 
     def __init__(self, accelerator: str = "tcg", binary: str = QEMU_BINARY) -> None:
@@ -220,3 +224,107 @@ class QemuDriver(HypervisorDriver):
 
     def list_checkpoints(self, layout: VmLayout) -> list[CheckpointInfo]:
         return checkpoints.list_infos(layout)
+
+    # -- migration -------------------------------------------------------------------------
+
+    def compatible(
+        self, spec: VmSpec, source: dict[str, Any], target: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        reasons: list[tuple[str, str]] = []
+        if target.get("hypervisor") != "qemu":
+            return [("hypervisor", f"the target runs {target.get('hypervisor')}, not QEMU")]
+        if source.get("accelerator") != target.get("accelerator"):
+            reasons.append(
+                (
+                    "accelerator",
+                    f"the source uses {source.get('accelerator')}, the"
+                    f" target {target.get('accelerator')}",
+                )
+            )
+        if spec.cpu.model not in target.get("cpu_models", []):
+            reasons.append(
+                ("cpu-model", f"CPU model {spec.cpu.model!r} is not available on the target")
+            )
+        if spec.machine not in target.get("machine_types", []):
+            reasons.append(
+                (
+                    "machine-type",
+                    f"machine type {spec.machine!r} is not known to"
+                    f" QEMU {target.get('hypervisor_version')} on the target",
+                )
+            )
+        src_v = _version(str(source.get("hypervisor_version", "")))
+        dst_v = _version(str(target.get("hypervisor_version", "")))
+        if src_v > dst_v:
+            reasons.append(
+                (
+                    "qemu-version",
+                    f"the target's QEMU {target.get('hypervisor_version')}"
+                    f" is older than the source's {source.get('hypervisor_version')}",
+                )
+            )
+        return reasons
+
+    def migration_listen(
+        self, spec: VmSpec, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
+    ) -> None:
+        self.start_incoming(spec, layout)
+        try:
+            migration.listen(layout, address, port, tuning)
+        except BaseException:
+            self.kill(layout)
+            raise
+
+    def migration_incoming_done(self, layout: VmLayout) -> bool:
+        if process.find_pid(layout) is None:
+            log = process.log_tail(layout.process_log)
+            raise HypervisorError(f"the incoming QEMU exited: {log}")
+        state = migration.incoming_state(layout)
+        if state == "paused":  # the source was paused at the end (a forced completion)
+            self.resume(layout)
+            return True
+        if state in ("internal-error", "shutdown", "guest-panicked"):
+            raise HypervisorError(f"the incoming VM is in state {state}")
+        return state == "running"
+
+    def migration_start(
+        self, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
+    ) -> None:
+        migration.start(layout, address, port, tuning)
+
+    def migration_status(self, layout: VmLayout) -> MigrationStatus:
+        return migration.status(layout)
+
+    def migration_tune(
+        self,
+        layout: VmLayout,
+        *,
+        downtime_ms: int | None = None,
+        engage_auto_converge: bool = False,
+    ) -> None:
+        params: dict[str, Any] = {}
+        if downtime_ms is not None:
+            params["downtime-limit"] = downtime_ms
+        if engage_auto_converge:
+            params["throttle-trigger-threshold"] = 50
+        if params:
+            migration.set_parameters(layout, params)
+
+    def migration_postcopy(self, layout: VmLayout) -> None:
+        migration.start_postcopy(layout)
+
+    def migration_force(self, layout: VmLayout) -> None:
+        migration.pause_source(layout)
+
+    def migration_cancel(self, layout: VmLayout) -> None:
+        migration.cancel(layout)
+
+    def migration_resume_source(self, layout: VmLayout) -> None:
+        migration.resume_source(layout)
+
+    def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
+        return migration.calc_dirty_rate(layout, seconds)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())

@@ -27,7 +27,7 @@ def reap_children() -> None:
                 del _children[pid]
 
 
-def _tail(path: Path, size: int = 600) -> str:
+def log_tail(path: Path, size: int = 600) -> str:
     try:
         return path.read_text(errors="replace")[-size:].strip()
     except FileNotFoundError:
@@ -59,7 +59,7 @@ def spawn(argv: list[str], layout: VmLayout, timeout: float = 30.0) -> int:
     def ready() -> bool:
         if proc.poll() is not None:
             raise HypervisorError(
-                f"QEMU exited with {proc.returncode} while starting: {_tail(layout.process_log)}"
+                f"QEMU exited with {proc.returncode} while starting: {log_tail(layout.process_log)}"
             )
         return layout.control_socket.exists() and layout.status_socket.exists()
 

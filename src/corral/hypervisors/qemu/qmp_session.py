@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,13 +34,24 @@ class QmpSession:
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
 
-    def connect(self) -> QmpSession:
-        """:raise HypervisorError: the socket does not answer."""
-        try:
-            self._run(self._client.connect(str(self.socket_path)))
-        except (ConnectError, OSError, TimeoutError) as exc:
-            self._loop.close()
-            raise HypervisorError(f"QMP socket {self.socket_path} does not answer: {exc}") from exc
+    def connect(self, attempts: int = 4) -> QmpSession:
+        """Connect and negotiate. A QEMU monitor takes one client at a time and needs a
+        moment to accept the next after a disconnect, so a refused or cut-short negotiation
+        is tried again a few times.
+
+        :raise HypervisorError: the socket does not answer.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._run(self._client.connect(str(self.socket_path)))
+                break
+            except (ConnectError, OSError, TimeoutError) as exc:
+                if attempt == attempts or not self.socket_path.exists():
+                    self._loop.close()
+                    raise HypervisorError(
+                        f"QMP socket {self.socket_path} does not answer: {exc}") from exc
+                self._client = QMPClient(self._client.name)
+                time.sleep(0.05 * attempt)
         self._connected = True
         return self
 

@@ -1,0 +1,117 @@
+"""The migration routes of the agent's API, and the runtime routes a peer uses during a
+migration or its recovery."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import Response
+
+from corral.agent import migration_desk
+from corral.agent.api_models import AdoptRequest
+from corral.agent.node_agent import NodeAgent
+from corral.errors import ConflictError, NotFoundError
+from corral.hypervisors.base import RunState
+from corral.migration.options import MigrationOptions
+from corral.model import NAME_PATTERN, VmSpec
+
+VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
+MAX_PROBE = 256 * 1024 * 1024
+
+
+def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
+    def on_owner(vm: str, method: str, path: str, body: Any = None) -> Any | None:
+        """Forward to the VM's owner when it is another node; None when it is this one."""
+        owner = migration_desk.locate_owner(agent, vm)
+        if owner == agent.name:
+            return None
+        with agent.peer(owner) as client:
+            return client.request(method, path, json=body, timeout=120)
+
+    @app.post("/v1/migrations", tags=["migrations"], status_code=202)
+    def start_migration(body: MigrationOptions, request: Request) -> dict[str, Any]:
+        """Live-migrate a VM to `target`: runs on the VM's owner; refused (409) with every
+        preflight reason, or answered with the migration task to follow."""
+        forwarded = on_owner(body.vm, "POST", "/migrations", body.model_dump(mode="json"))
+        if forwarded is not None:
+            result: dict[str, Any] = forwarded
+            return result
+        return migration_desk.start(agent, body, owner_of(request))
+
+    @app.post("/v1/migrations/plan", tags=["migrations"])
+    def plan_migration(body: MigrationOptions) -> dict[str, Any]:
+        """The preflight's answer and an estimate (RAM, dirty rate, link, expected time,
+        convergence), moving nothing."""
+        forwarded = on_owner(body.vm, "POST", "/migrations/plan", body.model_dump(mode="json"))
+        if forwarded is not None:
+            result: dict[str, Any] = forwarded
+            return result
+        return migration_desk.plan(agent, body)
+
+    @app.get("/v1/migrations", tags=["migrations"])
+    def list_migrations(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        """Migrations this node started, newest first, with their journals."""
+        return [m.to_json() for m in agent.journal.recent(limit)]
+
+    @app.post("/v1/migrations/{vm}/cancel", tags=["migrations"])
+    def cancel_migration(vm: VmName) -> dict[str, Any]:
+        """Abort the VM's migration in progress; it keeps running where it was."""
+        forwarded = on_owner(vm, "POST", f"/migrations/{vm}/cancel")
+        if forwarded is not None:
+            result: dict[str, Any] = forwarded
+            return result
+        return migration_desk.cancel(agent, vm)
+
+    @app.post("/v1/migrations/{vm}/recover", tags=["migrations"])
+    def recover_migration(vm: VmName) -> dict[str, Any]:
+        """Ask both nodes of the VM's last migration what runs; repair the records."""
+        return migration_desk.recover(agent, vm)
+
+
+def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
+    def recorded(vm: str) -> bool:
+        try:
+            agent.vms.record(vm)
+        except NotFoundError:
+            return False
+        return True
+
+    @app.get("/v1/runtime/{vm}", tags=["runtime"])
+    def runtime(vm: VmName) -> dict[str, Any]:
+        """What runs here under that VM's name, recorded or not."""
+        status = agent.vms.status(vm)
+        return {
+            "vm": vm,
+            "node": agent.name,
+            "observed": status.state.value,
+            "pid": status.pid,
+            "recorded": recorded(vm),
+        }
+
+    @app.post("/v1/runtime/{vm}/adopt", tags=["runtime"])
+    def adopt(vm: VmName, body: AdoptRequest) -> dict[str, Any]:
+        """Record a VM that runs here without a record (after an interrupted migration)."""
+        spec = VmSpec.model_validate(body.spec)
+        if spec.name != vm or agent.vms.status(vm).state != RunState.RUNNING:
+            raise ConflictError(f"{vm} does not run here; nothing to adopt")
+        agent.vms.inventory.add(spec, agent.name, RunState.RUNNING.value)
+        agent.vms.inventory.note(vm, "adopted by migration recovery")
+        return {"adopted": vm}
+
+    @app.post("/v1/runtime/{vm}/discard", tags=["runtime"])
+    def discard(vm: VmName) -> dict[str, Any]:
+        """Stop a QEMU of that name that is not running a recorded VM (a half-arrived
+        migration)."""
+        if recorded(vm):
+            raise ConflictError(f"{vm} is recorded here; use vm kill instead")
+        layout = agent.vms.layout(vm)
+        if agent.vms.status(vm).state == RunState.RUNNING:
+            raise ConflictError(f"{vm} runs here; it will not be discarded")
+        agent.driver.kill(layout)
+        return {"discarded": vm}
+
+    @app.get("/v1/probe/stream", tags=["node"])
+    def probe(size: Annotated[int, Query(ge=1, le=MAX_PROBE)]) -> Response:
+        """`size` bytes, for measuring the link between two nodes."""
+        return Response(bytes(size), media_type="application/octet-stream")

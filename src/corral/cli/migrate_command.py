@@ -1,0 +1,206 @@
+"""`corral migrate VM NODE`: live migration with a progress bar a person can read, JSON lines
+for programs, `--plan` to ask without moving, `--cancel` and `--recover`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from corral.cli.connection import JsonOption, NodeOption, agent_client
+from corral.cli.follow import FINISHED, TaskEnded
+from corral.cli.output import console, print_json
+from corral.client import AgentClient
+from corral.errors import UserInputError
+
+MIB = 1024 * 1024
+
+
+def _size(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / MIB:.0f} MiB"
+
+
+def _info(p: dict[str, Any]) -> str:
+    """MB/s, dirty rate, expected downtime and ETA of a progress record."""
+    parts = []
+    if p.get("total"):
+        parts.append(f"{_size(p.get('done', 0))}/{_size(p['total'])}")
+    if p.get("mbps") is not None:
+        parts.append(f"{p['mbps'] / 8:.0f} MB/s")
+    if p.get("dirty_rate_bytes"):
+        parts.append(f"dirty {p['dirty_rate_bytes'] / MIB:.0f} MiB/s")
+    if p.get("expected_downtime_ms") is not None and p.get("phase") == "transfer":
+        parts.append(
+            f"downtime ~{p['expected_downtime_ms']} ms (limit {p.get('downtime_limit_ms')})"
+        )
+    if p.get("iteration"):
+        parts.append(f"pass {p['iteration']}")
+    if p.get("throttle_percent"):
+        parts.append(f"throttle {p['throttle_percent']}%")
+    if p.get("eta_s") is not None:
+        parts.append(f"ETA {p['eta_s']:.1f}s")
+    return "  ".join(parts)
+
+
+def _follow(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict[str, Any]:
+    task_id = task["id"]
+    if json_lines:
+        last = None
+        while task["state"] not in FINISHED:
+            if task["progress"] != last:
+                last = task["progress"]
+                sys.stdout.write(json.dumps({"event": "progress", **last}) + "\n")
+                sys.stdout.flush()
+            time.sleep(0.2)
+            task = client.get(f"/tasks/{task_id}")
+        return task
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[phase]:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        row = bar.add_task("migrate", total=None, phase="preflight", info="")
+        shown = ""
+        while task["state"] not in FINISHED:
+            p = task["progress"]
+            bar.update(
+                row,
+                total=p.get("total") or None,
+                completed=p.get("done", 0),
+                phase=p.get("phase", task["state"]),
+                info=_info(p),
+            )
+            if p.get("last_action") and p["last_action"] != shown:
+                shown = p["last_action"]
+                bar.console.print(f"[yellow]policy:[/] {shown}")
+            time.sleep(0.2)
+            task = client.get(f"/tasks/{task_id}")
+        p = task["progress"]
+        bar.update(
+            row, completed=p.get("done", 0), phase=p.get("phase", task["state"]), info=_info(p)
+        )
+    return task
+
+
+def _summary(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['vm']}: {result['source']} -> {result['target']}")
+    table.add_column("measure")
+    table.add_column("value")
+    rows = [
+        ("total time", f"{result['total_s']:.2f} s (QEMU {result['qemu_total_ms']} ms)"),
+        ("downtime", f"{result['downtime_ms']} ms (reported by QEMU)"),
+        ("sent", f"{_size(result['bytes_sent'])} of {_size(result['ram_total'])} RAM"),
+        ("iterations", str(result["iterations"])),
+        ("throughput", f"{result['throughput_mbps']} Mbit/s"),
+        ("stream", f"{'TLS' if result['tls'] else 'plain TCP'}, {result['channels']} channel(s)"),
+    ]
+    rows += [("policy", action) for action in result["policy_actions"]]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _plan_output(plan: dict[str, Any]) -> None:
+    verdict = "[green]allowed[/]" if plan["allowed"] else "[red]refused[/]"
+    console.print(f"{plan['vm']}: {plan['source']} -> {plan['target']}: {verdict}")
+    for r in plan["reasons"]:
+        console.print(f"  [red]{r['code']}[/] ({r['node']}): {r['message']}", highlight=False)
+    est = plan.get("estimate")
+    if not est:
+        return
+    console.print(f"  RAM               {_size(est['ram_bytes'])}")
+    if "dirty_rate_bytes" in est:
+        console.print(
+            f"  dirty rate        {est['dirty_rate_bytes'] / MIB:.1f} MiB/s (calc-dirty-rate, 1 s)"
+        )
+    if est.get("bandwidth_bytes_per_s"):
+        console.print(
+            f"  bandwidth         {est['bandwidth_bytes_per_s'] / MIB:.0f} MiB/s"
+            f" (link {est.get('link_bytes_per_s', 0) / MIB:.0f} MiB/s)"
+        )
+    if "converges" in est:
+        when = f"in about {est['expected_s']} s" if est["converges"] else "no"
+        console.print(
+            f"  converges         {when} (downtime up to {est['max_downtime_ms']}"
+            f" ms, timeout {est['timeout_s']:.0f} s)"
+        )
+
+
+def migrate_command(
+    vm: Annotated[str, typer.Argument(help="The VM to move.")],
+    target: Annotated[str | None, typer.Argument(help="The node to move it to.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Preflight and estimate only.")] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Abort its migration.")] = False,
+    recover: Annotated[
+        bool, typer.Option("--recover", help="Find where it really runs and repair the records.")
+    ] = False,
+    bandwidth: Annotated[int, typer.Option(help="MiB/s the stream may use; 0: no limit.")] = 0,
+    max_downtime: Annotated[
+        int, typer.Option(help="ms: the policy raises the downtime limit up to this.")
+    ] = 1000,
+    parallel: Annotated[int, typer.Option(help="multifd channels (1: a single stream).")] = 1,
+    postcopy: Annotated[bool, typer.Option(help="Allow switching to post-copy.")] = False,
+    auto_converge: Annotated[
+        bool, typer.Option(help="Allow throttling the guest's vCPUs when it does not converge.")
+    ] = True,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Completion timeout in s [120 per GiB of RAM, at least 60]."),
+    ] = None,
+    on_timeout: Annotated[str, typer.Option(help="abort or force.")] = "abort",
+    insecure: Annotated[bool, typer.Option(help="Send memory without TLS.")] = False,
+    node: NodeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Live-migrate VM to NODE while it keeps running (checks both nodes first).
+
+    Exit codes: 0 moved; 4 refused by preflight (every reason listed); 14 failed (the VM runs
+    where it was, or see --recover); 12 cancelled."""
+    with agent_client(node) as client:
+        if cancel:
+            answer = client.post(f"/migrations/{vm}/cancel")
+            print_json(answer) if json_out else console.print(f"cancel requested ({vm})")
+            return
+        if recover:
+            answer = client.post(f"/migrations/{vm}/recover", timeout=120)
+            print_json(answer) if json_out else console.print(f"{vm}: {answer['outcome']}")
+            return
+        if target is None:
+            raise UserInputError("NODE", "name the node to migrate to")
+        body = {
+            "vm": vm,
+            "target": target,
+            "bandwidth_mib": bandwidth,
+            "max_downtime_ms": max_downtime,
+            "parallel": parallel,
+            "postcopy": postcopy,
+            "auto_converge": auto_converge,
+            "timeout_s": timeout,
+            "on_timeout": on_timeout,
+            "insecure": insecure,
+        }
+        if plan:
+            answer = client.post("/migrations/plan", body, timeout=120)
+            print_json(answer) if json_out else _plan_output(answer)
+            if not answer["allowed"]:
+                raise typer.Exit(4)
+            return
+        started = client.post("/migrations", body, timeout=120)
+    with agent_client(started["source"]) as source:
+        task = _follow(source, started["task"], json_out)
+    if task["state"] != "succeeded":
+        raise TaskEnded(task)
+    if json_out:
+        sys.stdout.write(json.dumps({"event": "done", **task["result"]}) + "\n")
+    else:
+        _summary(task["result"])

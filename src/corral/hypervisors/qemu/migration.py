@@ -1,0 +1,165 @@
+"""QEMU live migration primitives, each run on its named side (Ganeti-shaped):
+destination `prepare_incoming` and `listen`; source `start`, `status`, `set_parameters`,
+`start_postcopy`, `cancel`; `finalize_*` on each side. Streams use TLS with the cluster's
+certificates through a `tls-creds-x509` object unless the caller opts out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from corral.errors import HypervisorError
+from corral.hypervisors.base import MigrationStatus, MigrationTuning, VmLayout
+from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
+from corral.waiting import wait_for
+
+TLS_OBJECT = "corral-tls"
+UNLIMITED = 64 * 1024**3  # QEMU has no "unlimited"; 64 GiB/s is beyond any link
+
+
+def tls_dir_for(layout: VmLayout, endpoint: str, ca: Path, cert: Path, key: Path) -> Path:
+    """A directory with the file names QEMU's tls-creds-x509 expects for `endpoint`."""
+    folder = layout.runtime_dir / f"tls-{endpoint}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    shutil.copyfile(ca, folder / "ca-cert.pem")
+    shutil.copyfile(cert, folder / f"{endpoint}-cert.pem")
+    shutil.copyfile(key, folder / f"{endpoint}-key.pem")
+    (folder / f"{endpoint}-key.pem").chmod(0o600)
+    return folder
+
+
+def _capabilities(session: QmpSession, tuning: MigrationTuning, source: bool) -> None:
+    caps = {"events": True, "multifd": tuning.multifd_channels > 1, "postcopy-ram": tuning.postcopy}
+    if source:
+        caps["auto-converge"] = tuning.auto_converge
+    session.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": name, "state": state} for name, state in caps.items()]},
+    )
+
+
+def _tls(session: QmpSession, tuning: MigrationTuning, endpoint: str) -> dict[str, Any]:
+    if tuning.tls_dir is None:
+        return {"tls-creds": ""}
+    with contextlib.suppress(HypervisorError):
+        session.execute("object-del", {"id": TLS_OBJECT})
+    session.execute(
+        "object-add",
+        {
+            "qom-type": "tls-creds-x509",
+            "id": TLS_OBJECT,
+            "dir": str(tuning.tls_dir),
+            "endpoint": endpoint,
+            "verify-peer": True,
+        },
+    )
+    return {"tls-creds": TLS_OBJECT}
+
+
+def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> str:
+    """Destination: configure the incoming QEMU and listen on address:port."""
+    with QmpSession(layout.control_socket) as qmp:
+        _capabilities(qmp, tuning, source=False)
+        params: dict[str, Any] = _tls(qmp, tuning, "server")
+        if tuning.multifd_channels > 1:
+            params["multifd-channels"] = tuning.multifd_channels
+        qmp.execute("migrate-set-parameters", params)
+        uri = f"tcp:{address}:{port}"
+        qmp.execute("migrate-incoming", {"uri": uri})
+    return uri
+
+
+def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> None:
+    """Source: configure and start sending to address:port."""
+    with QmpSession(layout.control_socket) as qmp:
+        _capabilities(qmp, tuning, source=True)
+        params: dict[str, Any] = _tls(qmp, tuning, "client")
+        if tuning.tls_dir is not None and tuning.tls_hostname:
+            params["tls-hostname"] = tuning.tls_hostname
+        params.update(
+            {
+                "max-bandwidth": tuning.bandwidth_bytes or UNLIMITED,
+                "downtime-limit": tuning.downtime_ms,
+                # Auto-converge armed but quiet until the policy engages it (see policy.py).
+                "throttle-trigger-threshold": 100,
+                "cpu-throttle-initial": 20,
+                "cpu-throttle-increment": 10,
+            }
+        )
+        if tuning.multifd_channels > 1:
+            params["multifd-channels"] = tuning.multifd_channels
+        qmp.execute("migrate-set-parameters", params)
+        qmp.execute("migrate", {"uri": f"tcp:{address}:{port}"})
+
+
+def parse_status(info: dict[str, Any]) -> MigrationStatus:
+    """A MigrationStatus from QMP `query-migrate`."""
+    ram = info.get("ram", {})
+    return MigrationStatus(
+        state=str(info.get("status", "none")),
+        elapsed_ms=int(info.get("total-time", 0)),
+        ram_total=int(ram.get("total", 0)),
+        ram_transferred=int(ram.get("transferred", 0)),
+        ram_remaining=int(ram.get("remaining", 0)),
+        throughput_mbps=float(ram.get("mbps", 0.0)),
+        dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)),
+        page_size=int(ram.get("page-size", 4096)) or 4096,
+        iterations=int(ram.get("dirty-sync-count", 0)),
+        expected_downtime_ms=int(info.get("expected-downtime", 0)),
+        downtime_ms=int(info["downtime"]) if "downtime" in info else None,
+        setup_ms=int(info["setup-time"]) if "setup-time" in info else None,
+        throttle_percent=int(info.get("cpu-throttle-percentage", 0)),
+        error=str(info.get("error-desc", "")),
+    )
+
+
+def status(layout: VmLayout) -> MigrationStatus:
+    """Source: the migration as QEMU sees it now (asked on the status monitor)."""
+    return parse_status(qmp_call(layout.status_socket, "query-migrate"))
+
+
+def set_parameters(layout: VmLayout, params: dict[str, Any]) -> None:
+    """Source: change limits during the migration (downtime, bandwidth, throttling)."""
+    qmp_call(layout.control_socket, "migrate-set-parameters", params)
+
+
+def start_postcopy(layout: VmLayout) -> None:
+    qmp_call(layout.control_socket, "migrate-start-postcopy")
+
+
+def pause_source(layout: VmLayout) -> None:
+    """Source: stop the vCPUs, so the rest is copied without new dirt (forced completion)."""
+    qmp_call(layout.control_socket, "stop")
+
+
+def cancel(layout: VmLayout) -> None:
+    """Source: abort the migration; QEMU keeps the VM where it is."""
+    with contextlib.suppress(HypervisorError):
+        qmp_call(layout.control_socket, "migrate_cancel")
+
+
+def resume_source(layout: VmLayout) -> None:
+    """Source, after a failed or cancelled migration: make sure the VM runs."""
+    state = qmp_call(layout.status_socket, "query-status")["status"]
+    if state != "running":
+        qmp_call(layout.control_socket, "cont")
+
+
+def incoming_state(layout: VmLayout) -> str:
+    """Destination: QEMU's run state (inmigrate while receiving)."""
+    return str(qmp_call(layout.status_socket, "query-status")["status"])
+
+
+def calc_dirty_rate(layout: VmLayout, seconds: int = 1) -> int:
+    """Source: measure the guest's dirty rate with QEMU's calc-dirty-rate, in MiB/s."""
+    qmp_call(layout.control_socket, "calc-dirty-rate", {"calc-time": seconds})
+
+    def measured() -> int | None:
+        info = qmp_call(layout.status_socket, "query-dirty-rate")
+        return int(info.get("dirty-rate", 0)) if info.get("status") == "measured" else None
+
+    return wait_for(measured, timeout=seconds + 10, what="calc-dirty-rate", interval=0.1)

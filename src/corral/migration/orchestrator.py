@@ -1,0 +1,373 @@
+"""The source side of a live migration (the migration task on the VM's owner), following
+../shared/DESIGN.md: preflight, a deferred task on the target that listens, transfer under
+the convergence policy, switchover, handoff, cleanup; and rollback that never loses or
+doubles the VM. Every step is written to the journal before it is taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from corral.client import AgentClient
+from corral.errors import ConflictError, CorralError, HypervisorError, NotFoundError
+from corral.hypervisors.base import MigrationDriver, MigrationStatus, MigrationTuning
+from corral.hypervisors.qemu.migration import tls_dir_for
+from corral.migration import policy
+from corral.migration.journal import MigrationJournal, MigrationPhase
+from corral.migration.options import MIB, MigrationOptions
+from corral.migration.preflight import (
+    NodeView,
+    PreflightInput,
+    PreflightReason,
+    preflight,
+)
+from corral.tasks.runner import TaskCancelled, TaskContext
+from corral.vms.service import VmService
+from corral.waiting import wait_for
+
+log = logging.getLogger(__name__)
+DEST_READY_TIMEOUT = 60.0
+DEST_FINISH_TIMEOUT = 60.0
+
+
+class PreflightFailed(ConflictError):
+    """The migration may not start; `details` lists every reason."""
+
+    def __init__(self, reasons: list[PreflightReason]) -> None:
+        super().__init__(
+            "migration refused: " + "; ".join(f"[{r.code}] {r.message}" for r in reasons)
+        )
+        self.details = [r.to_json() for r in reasons]
+
+
+class MigrationFailed(CorralError):
+    exit_code = 14
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class MigrationServices:
+    """What the orchestrator needs from the node, injected (so tests can script it)."""
+
+    node: str
+    vms: VmService
+    driver: MigrationDriver
+    journal: MigrationJournal
+    peer: Callable[[str], AgentClient]
+    target_view: Callable[[str], NodeView | None]
+    local_facts: Callable[[], dict[str, Any]]
+    tls: TlsFiles | None
+    sleep: Callable[[float], None] = time.sleep
+    poll_interval: float = 0.25
+
+
+def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInput:
+    """What preflight judges, asked of this node and (freshly) of the target."""
+    try:
+        spec = services.vms.local(opts.vm).spec
+        observed = services.vms.status(opts.vm).state.value
+    except NotFoundError:
+        spec, observed = None, "missing"
+    target = services.target_view(opts.target) if opts.target != services.node else None
+    has_vm = False
+    if target is not None and target.online:
+        try:
+            with services.peer(opts.target) as client:
+                client.get(f"/vms/{opts.vm}")
+            has_vm = True
+        except NotFoundError:
+            has_vm = False
+    source = NodeView(services.node, services.local_facts())
+    return PreflightInput(opts.vm, spec, observed, source, opts.target, target, has_vm)
+
+
+def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
+    return preflight(gather(services, opts), services.driver.compatible)
+
+
+@dataclass
+class SourceMigration:
+    """One outgoing migration, driven step by step by `run`."""
+
+    services: MigrationServices
+    opts: MigrationOptions
+    migration_id: str
+    ctx: TaskContext
+    dest_task: str | None = None
+    transfer_started: bool = False
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def vm(self) -> str:
+        return self.opts.vm
+
+    def _step(self, phase: MigrationPhase, detail: str = "") -> None:
+        self.services.journal.step(self.migration_id, phase, detail)
+        self.ctx.log(f"{phase.value}: {detail}" if detail else phase.value)
+
+    def _tuning(self, source: bool) -> MigrationTuning:
+        tls_dir = None
+        if not self.opts.insecure and self.services.tls is not None and source:
+            t = self.services.tls
+            layout = self.services.vms.layout(self.vm)
+            tls_dir = tls_dir_for(layout, "client", t.ca, t.cert, t.key)
+        return MigrationTuning(
+            tls_dir=tls_dir,
+            multifd_channels=self.opts.parallel,
+            postcopy=self.opts.postcopy,
+            bandwidth_bytes=self.opts.bandwidth_mib * MIB,
+            downtime_ms=self.opts.initial_downtime_ms,
+            auto_converge=self.opts.auto_converge,
+        )
+
+    # -- the destination -------------------------------------------------------------------
+
+    def _dest(self, path: str) -> Any:
+        with self.services.peer(self.opts.target) as client:
+            return client.get(path)
+
+    def _prepare_destination(self, spec_json: dict[str, Any], timeout_s: float) -> tuple[str, int]:
+        self._step(MigrationPhase.PREPARE, f"a receive task on {self.opts.target}")
+        args = {
+            "migration_id": self.migration_id,
+            "spec": spec_json,
+            "source": self.services.node,
+            "tls": not self.opts.insecure,
+            "parallel": self.opts.parallel,
+            "postcopy": self.opts.postcopy,
+            "timeout_s": timeout_s,
+        }
+        with self.services.peer(self.opts.target) as client:
+            task = client.post("/tasks", {"kind": "migration.receive", "args": args})
+        self.dest_task = str(task["id"])
+
+        def listening() -> dict[str, Any] | None:
+            t = self._dest(f"/tasks/{self.dest_task}")
+            if t["state"] in ("failed", "cancelled", "interrupted", "succeeded"):
+                raise MigrationFailed(f"the target's receive task {t['state']}: {t['error']}")
+            return t["progress"] if t["progress"].get("phase") == "listening" else None
+
+        ready = wait_for(
+            listening,
+            timeout=DEST_READY_TIMEOUT,
+            interval=0.05,
+            what=f"{self.opts.target} to listen",
+        )
+        return str(ready["address"]), int(ready["port"])
+
+    def _dest_outcome(self) -> str:
+        """The receive task's state once it finishes (the target runs the VM on success)."""
+
+        def finished() -> str | None:
+            state = str(self._dest(f"/tasks/{self.dest_task}")["state"])
+            return state if state in ("succeeded", "failed", "cancelled", "interrupted") else None
+
+        return wait_for(
+            finished, timeout=DEST_FINISH_TIMEOUT, interval=0.05, what="the target to run the VM"
+        )
+
+    # -- transfer --------------------------------------------------------------------------
+
+    def _report(self, sample: MigrationStatus, state: policy.PolicyState) -> None:
+        self.ctx.progress(
+            phase="transfer" if sample.state != "postcopy-active" else "post-copy",
+            done=sample.ram_transferred,
+            total=sample.ram_total,
+            unit="bytes",
+            remaining=sample.ram_remaining,
+            mbps=round(sample.throughput_mbps, 1),
+            dirty_rate_bytes=sample.dirty_pages_rate * sample.page_size,
+            expected_downtime_ms=sample.expected_downtime_ms,
+            iteration=sample.iterations,
+            downtime_limit_ms=state.downtime_ms,
+            throttle_percent=sample.throttle_percent,
+            eta_s=policy.eta_seconds(sample),
+            elapsed_ms=sample.elapsed_ms,
+            last_action=self.actions[-1] if self.actions else "",
+        )
+
+    def _apply(self, actions: list[policy.Action]) -> None:
+        layout = self.services.vms.layout(self.vm)
+        driver = self.services.driver
+        for action in actions:
+            match action:
+                case policy.RaiseDowntime(ms):
+                    driver.migration_tune(layout, downtime_ms=ms)
+                    note = f"downtime limit raised to {ms} ms"
+                case policy.EngageAutoConverge():
+                    driver.migration_tune(layout, engage_auto_converge=True)
+                    note = "auto-converge engaged"
+                case policy.StartPostcopy(reason):
+                    driver.migration_postcopy(layout)
+                    note = f"switched to post-copy ({reason})"
+                case policy.ForceComplete(reason):
+                    driver.migration_force(layout)
+                    note = f"forcing completion: guest paused ({reason})"
+                case policy.Abort(reason):
+                    raise MigrationFailed(f"aborted by policy: {reason}")
+            self.actions.append(note)
+            self.ctx.log(note)
+
+    def _transfer(self, address: str, port: int, limits: policy.PolicyLimits) -> MigrationStatus:
+        layout = self.services.vms.layout(self.vm)
+        tuning = self._tuning(source=True)
+        if tuning.tls_dir is not None:
+            tuning = replace(tuning, tls_hostname=address)
+        self._step(
+            MigrationPhase.TRANSFER,
+            f"to {address}:{port}, tls="
+            f"{tuning.tls_dir is not None}, channels={tuning.multifd_channels}",
+        )
+        self.services.driver.migration_start(layout, address, port, tuning)
+        self.transfer_started = True
+        state = policy.initial_state(limits)
+        while True:
+            if self.ctx.cancel_requested:
+                raise TaskCancelled()
+            sample = self.services.driver.migration_status(layout)
+            if sample.state == "completed":
+                return sample
+            if sample.state in ("failed", "cancelled"):
+                raise MigrationFailed(
+                    f"QEMU reports the migration {sample.state}:"
+                    f" {sample.error or 'no reason given'}"
+                )
+            state, actions = policy.decide(state, sample, limits)
+            self._apply(actions)
+            self._report(sample, state)
+            self.services.sleep(self.services.poll_interval)
+
+    # -- the whole story -------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        reasons = check(self.services, self.opts)
+        if reasons:
+            self._step(MigrationPhase.ROLLED_BACK, "refused by preflight")
+            raise PreflightFailed(reasons)
+        record = self.services.vms.local(self.vm)
+        ram = record.spec.memory_mib * MIB
+        limits = self.opts.limits(ram)
+        self.ctx.progress(phase="prepare", done=0, total=ram, unit="bytes")
+        try:
+            address, port = self._prepare_destination(
+                record.spec.model_dump(mode="json"), limits.completion_timeout_s + 120
+            )
+            final = self._transfer(address, port, limits)
+        except BaseException as exc:
+            self._fail_before_switchover(exc)
+            raise
+        self._step(MigrationPhase.SWITCHOVER, f"downtime {final.downtime_ms} ms")
+        self.ctx.progress(
+            phase="switchover", done=final.ram_total, total=final.ram_total, unit="bytes"
+        )
+        try:
+            outcome = self._dest_outcome()
+        except CorralError as exc:
+            # All state has left; the target may run the VM. Never resume the source blindly.
+            self._step(MigrationPhase.FAILED, f"target unreachable after switchover: {exc}")
+            raise MigrationFailed(
+                f"the target did not confirm the VM after switchover ({exc}); the source is"
+                f" paused; run 'corral migrate --recover {self.vm}'"
+            ) from exc
+        if outcome != "succeeded":
+            self._rollback(f"the target's receive task {outcome} after switchover")
+            raise MigrationFailed(
+                f"the target could not run the VM ({outcome}); it runs on"
+                f" {self.services.node} again"
+            )
+        self._handoff()
+        total = time.monotonic() - started
+        summary = {
+            "vm": self.vm,
+            "source": self.services.node,
+            "target": self.opts.target,
+            "total_s": round(total, 3),
+            "downtime_ms": final.downtime_ms,
+            "setup_ms": final.setup_ms,
+            "qemu_total_ms": final.elapsed_ms,
+            "bytes_sent": final.ram_transferred,
+            "ram_total": final.ram_total,
+            "iterations": final.iterations,
+            "throughput_mbps": round(final.throughput_mbps, 1),
+            "tls": not self.opts.insecure,
+            "channels": self.opts.parallel,
+            "policy_actions": self.actions,
+            "migration_id": self.migration_id,
+        }
+        self.ctx.progress(
+            phase="done", done=final.ram_total, total=final.ram_total, unit="bytes", summary=summary
+        )
+        return summary
+
+    def _handoff(self) -> None:
+        self._step(MigrationPhase.HANDOFF, f"{self.opts.target} runs {self.vm}")
+        vms = self.services.vms
+        spec = vms.local(self.vm).spec
+        vms.inventory.remove(self.vm)
+        self._step(MigrationPhase.CLEANUP, "stopping the source's QEMU")
+        layout = vms.layout(self.vm)
+        try:
+            vms.driver.kill(layout)
+            vms.driver.undefine(spec, layout, delete_disks=False)
+        except CorralError as exc:
+            self.ctx.log(f"cleanup of the source failed (the VM runs on the target): {exc}")
+        self._step(MigrationPhase.SUCCEEDED)
+
+    def _fail_before_switchover(self, exc: BaseException) -> None:
+        why = "cancelled" if isinstance(exc, TaskCancelled) else f"{type(exc).__name__}: {exc}"
+        try:
+            self._rollback(why)
+        except CorralError as rollback_error:
+            self._step(MigrationPhase.FAILED, f"{why}; rollback failed: {rollback_error}")
+
+    def _rollback(self, why: str) -> None:
+        """Cancel on both sides and make sure the VM runs here, where it was."""
+        layout = self.services.vms.layout(self.vm)
+        driver = self.services.driver
+        if self.transfer_started:
+            driver.migration_cancel(layout)
+        if self.dest_task is not None:
+            try:
+                with self.services.peer(self.opts.target) as client:
+                    client.post(f"/tasks/{self.dest_task}/cancel")
+                self._dest_outcome()
+            except CorralError as exc:
+                self.ctx.log(f"could not cancel the target's task: {exc}")
+        if self.transfer_started:
+
+            def settled() -> bool:
+                return driver.migration_status(layout).state not in (
+                    "cancelling",
+                    "active",
+                    "setup",
+                    "device",
+                )
+
+            with contextlib.suppress(CorralError):
+                wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)
+        driver.migration_resume_source(layout)
+        self.services.vms.inventory.set_state(
+            self.vm, "running", f"migration to {self.opts.target} rolled back"
+        )
+        self._step(MigrationPhase.ROLLED_BACK, why)
+
+
+def run_source(services: MigrationServices, ctx: TaskContext) -> dict[str, Any]:
+    opts = MigrationOptions.model_validate(ctx.args["options"])
+    try:
+        return SourceMigration(services, opts, str(ctx.args["migration_id"]), ctx).run()
+    except HypervisorError as exc:
+        raise MigrationFailed(str(exc)) from exc

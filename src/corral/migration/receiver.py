@@ -1,0 +1,114 @@
+"""The destination side of a live migration: the deferred task the source creates on the
+target (CBSD's `cbsd task` on the destination). It starts the VM's QEMU waiting for its
+state, listens on this node's migration address (TLS with the cluster's certificates unless
+the source opted out), reports `listening` with the port, and succeeds once the VM runs
+here and is recorded as this node's. Cancelled or failed, it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.hypervisors.base import MigrationDriver, MigrationTuning, RunState
+from corral.hypervisors.qemu.migration import tls_dir_for
+from corral.migration.orchestrator import TlsFiles
+from corral.model import VmSpec
+from corral.tasks.runner import TaskCancelled, TaskContext
+from corral.tasks.store import Task
+from corral.vms.service import VmService
+from corral.waiting import WaitTimeout, wait_for
+
+
+@dataclass
+class ReceiverServices:
+    node: str
+    address: str
+    vms: VmService
+    driver: MigrationDriver
+    tls: TlsFiles | None
+    free_port: Callable[[str], int] | None = None
+
+
+def free_port(address: str) -> int:
+    """A TCP port nobody listens on at `address` now."""
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]:
+    spec = VmSpec.model_validate(ctx.args["spec"])
+    vms = services.vms
+    try:
+        existing = vms.record(spec.name)
+        raise ConflictError(
+            f"a VM named {spec.name!r} is already recorded here (owner {existing.owner})"
+        )
+    except NotFoundError:
+        pass
+    layout = vms.layout(spec.name)
+    if vms.status(spec.name).state != RunState.STOPPED:
+        raise ConflictError(f"a QEMU for {spec.name} already runs here")
+    vms.driver.define(spec)
+    tls_dir = None
+    if ctx.args.get("tls", True):
+        if services.tls is None:
+            raise ConflictError("TLS was asked for but this node has no certificate")
+        t = services.tls
+        tls_dir = tls_dir_for(layout, "server", t.ca, t.cert, t.key)
+    tuning = MigrationTuning(
+        tls_dir=tls_dir,
+        multifd_channels=int(ctx.args.get("parallel", 1)),
+        postcopy=bool(ctx.args.get("postcopy", False)),
+    )
+    port = (services.free_port or free_port)(services.address)
+    try:
+        services.driver.migration_listen(spec, layout, services.address, port, tuning)
+        ctx.log(f"listening on {services.address}:{port} (tls={tls_dir is not None})")
+        ctx.progress(phase="listening", address=services.address, port=port)
+
+        def arrived() -> bool:
+            if ctx.cancel_requested:
+                raise TaskCancelled()
+            return services.driver.migration_incoming_done(layout)
+
+        wait_for(
+            arrived,
+            timeout=float(ctx.args.get("timeout_s", 3600)),
+            interval=0.05,
+            what=f"{spec.name} to arrive from {ctx.args.get('source')}",
+        )
+    except (CorralError, TaskCancelled, WaitTimeout):
+        vms.driver.kill(layout)
+        vms.driver.undefine(spec, layout, delete_disks=False)
+        raise
+    vms.inventory.add(spec, services.node, RunState.RUNNING.value)
+    vms.inventory.note(spec.name, f"migrated in from {ctx.args.get('source')}")
+    ctx.progress(phase="running")
+    status = vms.status(spec.name)
+    return {"state": status.state.value, "pid": status.pid}
+
+
+def recover_receiver(services: ReceiverServices, task: Task) -> str | None:
+    """After this agent died during a receive: adopt the VM if it runs here, else clean up."""
+    spec = VmSpec.model_validate(task.args["spec"])
+    vms = services.vms
+    state = vms.status(spec.name).state
+    if state == RunState.RUNNING:
+        try:
+            vms.record(spec.name)
+        except NotFoundError:
+            vms.inventory.add(spec, services.node, RunState.RUNNING.value)
+            vms.inventory.note(spec.name, "adopted after an interrupted migration")
+        return None
+    layout = vms.layout(spec.name)
+    vms.driver.kill(layout)
+    vms.driver.undefine(spec, layout, delete_disks=False)
+    return (
+        f"the agent stopped while receiving {spec.name}; the VM was {state.value} here"
+        " and was removed"
+    )
