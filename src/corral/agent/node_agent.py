@@ -52,7 +52,9 @@ class NodeAgent:
         self.db = Database(settings.database_path)
         self.dirs = settings.directories
         self.dirs.ensure(self.name)
-        self.driver = driver or QemuDriver(resolve_accelerator(settings.accelerator))
+        self.driver = driver or QemuDriver(
+            resolve_accelerator(settings.accelerator), allowed_cpu_models=settings.cpu_models
+        )
         self.vms = VmService(self.name, VmInventory(self.db), self.driver, self.dirs)
         self.tasks = TaskStore(self.db, settings.task_log_dir)
         self.journal = MigrationJournal(self.db)

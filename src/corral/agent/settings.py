@@ -13,6 +13,7 @@ Example `/etc/corral/agent.toml` (every key optional)::
     config_dir = "/var/lib/corral/storage/config"  # VM specs (may be shared storage)
     system_dir = "/var/lib/corral/storage/system"  # checkpoints (may be shared storage)
     accelerator = "auto"         # kvm, tcg, or auto: kvm when QEMU can use it here
+    cpu_models = ["qemu64", "Westmere"]  # offer only these CPU models (default: all QEMU can)
     run_dir = "/run/corral"      # unix socket, VM runtime files
     max_parallel_tasks = 2
     heartbeat_interval = 2.0     # seconds between heartbeats to each peer
@@ -56,6 +57,7 @@ class AgentSettings(BaseModel):
     config_dir: Path | None = None
     system_dir: Path | None = None
     accelerator: str = Field("auto", pattern=r"^(auto|kvm|tcg)$")
+    cpu_models: tuple[str, ...] | None = None
     max_parallel_tasks: int = Field(2, ge=1, le=64)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
     offline_after: float = Field(10.0, gt=0, le=3600)

@@ -136,8 +136,11 @@ class HypervisorDriver(ABC):
         """
 
     @abstractmethod
-    def undefine(self, spec: VmSpec, layout: VmLayout, *, delete_disks: bool) -> None:
-        """Remove what `define` and `start` made (runtime files; disks when asked)."""
+    def undefine(
+        self, spec: VmSpec, layout: VmLayout, *, delete_disks: bool, keep_logs: bool = False
+    ) -> None:
+        """Remove what `define` and `start` made (runtime files; disks when asked; the
+        console and hypervisor logs stay when `keep_logs`, as after a VM left the node)."""
 
     @abstractmethod
     def start(self, spec: VmSpec, layout: VmLayout, *, paused: bool = False) -> RuntimeStatus:

@@ -3,6 +3,7 @@ and the others joined to it with tokens, exactly as a person would do it on real
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,19 +30,23 @@ def _pid_file(node: LabNode) -> Path:
     return node.local_dir / "agent.pid"
 
 
-def agent_config(plan: LabPlan, node: LabNode) -> Path:
-    """Write (and return) the node's agent settings file."""
+def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None = None) -> Path:
+    """Write (and return) the node's agent settings file; `extra` adds or replaces settings
+    (strings, numbers and lists of strings)."""
     path = node.local_dir / "agent.toml"
-    path.write_text(
-        f'node_name = "{node.name}"\n'
-        f'address = "{node.migration_address.ip}"\n'
-        f'state_dir = "{node.local_dir / "state"}"\n'
-        f'run_dir = "{node.local_dir / "run"}"\n'
-        f'storage_dir = "{plan.shared_dir}"\n'
-        f"heartbeat_interval = {HEARTBEAT_INTERVAL}\n"
-        f"offline_after = {OFFLINE_AFTER}\n"
-        'accelerator = "tcg"\n'
-    )
+    settings: dict[str, object] = {
+        "node_name": node.name,
+        "address": str(node.migration_address.ip),
+        "state_dir": str(node.local_dir / "state"),
+        "run_dir": str(node.local_dir / "run"),
+        "storage_dir": str(plan.shared_dir),
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+        "offline_after": OFFLINE_AFTER,
+        "accelerator": "tcg",
+        **(extra or {}),
+    }
+    # JSON's strings, numbers and arrays of strings are also TOML's.
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
     return path
 
 
@@ -67,12 +72,16 @@ def _healthy(node: LabNode) -> bool:
         return False
 
 
-def start_agent(plan: LabPlan, node: LabNode, timeout: float = 30.0) -> int:
-    """Start the node's agent in its namespace (unless it runs) and wait until it answers."""
+def start_agent(
+    plan: LabPlan, node: LabNode, timeout: float = 30.0, extra: dict[str, object] | None = None
+) -> int:
+    """Start the node's agent in its namespace (unless it runs) and wait until it answers;
+    `extra` settings are added to its configuration."""
     running = agent_pid(node)
     if running is not None and _healthy(node):
         return running
-    argv = [sys.executable, "-m", "corral", "agent", "--config", str(agent_config(plan, node))]
+    config = agent_config(plan, node, extra)
+    argv = [sys.executable, "-m", "corral", "agent", "--config", str(config)]
     log = (node.local_dir / "agent.log").open("ab")
     proc = subprocess.Popen(
         netns.in_netns(node.netns, argv),

@@ -321,7 +321,7 @@ class SourceMigration:
         layout = vms.layout(self.vm)
         try:
             vms.driver.kill(layout)
-            vms.driver.undefine(spec, layout, delete_disks=False)
+            vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
         except CorralError as exc:
             self.ctx.log(f"cleanup of the source failed (the VM runs on the target): {exc}")
         self._step(MigrationPhase.SUCCEEDED)
@@ -337,15 +337,20 @@ class SourceMigration:
         """Cancel on both sides and make sure the VM runs here, where it was."""
         layout = self.services.vms.layout(self.vm)
         driver = self.services.driver
-        if self.transfer_started:
-            driver.migration_cancel(layout)
+        # The target first: its task then stops as cancelled, not as a broken stream.
         if self.dest_task is not None:
             try:
                 with self.services.peer(self.opts.target) as client:
                     client.post(f"/tasks/{self.dest_task}/cancel")
-                self._dest_outcome()
             except CorralError as exc:
                 self.ctx.log(f"could not cancel the target's task: {exc}")
+        if self.transfer_started:
+            driver.migration_cancel(layout)
+        if self.dest_task is not None:
+            try:
+                self._dest_outcome()
+            except CorralError as exc:
+                self.ctx.log(f"the target's task did not finish: {exc}")
         if self.transfer_started:
 
             def settled() -> bool:

@@ -82,9 +82,12 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
             interval=0.05,
             what=f"{spec.name} to arrive from {ctx.args.get('source')}",
         )
-    except (CorralError, TaskCancelled, WaitTimeout):
+    except (CorralError, TaskCancelled, WaitTimeout) as exc:
         vms.driver.kill(layout)
-        vms.driver.undefine(spec, layout, delete_disks=False)
+        vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
+        if ctx.cancel_requested and not isinstance(exc, TaskCancelled):
+            ctx.log(f"stopped on the source's request ({exc})")
+            raise TaskCancelled() from exc
         raise
     vms.inventory.add(spec, services.node, RunState.RUNNING.value)
     vms.inventory.note(spec.name, f"migrated in from {ctx.args.get('source')}")
@@ -107,7 +110,7 @@ def recover_receiver(services: ReceiverServices, task: Task) -> str | None:
         return None
     layout = vms.layout(spec.name)
     vms.driver.kill(layout)
-    vms.driver.undefine(spec, layout, delete_disks=False)
+    vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
     return (
         f"the agent stopped while receiving {spec.name}; the VM was {state.value} here"
         " and was removed"

@@ -55,7 +55,7 @@ def recover_vm(
                 client.post(f"/runtime/{vm}/adopt", {"spec": record_spec.model_dump(mode="json")})
         if record_spec is not None:
             with contextlib.suppress(CorralError):
-                vms.driver.undefine(record_spec, layout, delete_disks=False)
+                vms.driver.undefine(record_spec, layout, delete_disks=False, keep_logs=True)
         found["outcome"] = f"runs on {target}; {services.node}'s copy stopped and unrecorded"
         return found
     if remote_state == "unreachable" and local in (RunState.MIGRATED, RunState.PAUSED):

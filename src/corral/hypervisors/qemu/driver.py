@@ -55,13 +55,27 @@ QEMU_STATES = {
 class QemuDriver(HypervisorDriver, MigrationDriver):
     name = "qemu"
 
-    def __init__(self, accelerator: str = "tcg", binary: str = QEMU_BINARY) -> None:
+    def __init__(
+        self,
+        accelerator: str = "tcg",
+        binary: str = QEMU_BINARY,
+        allowed_cpu_models: tuple[str, ...] | None = None,
+    ) -> None:
         self.accelerator = accelerator
         self.binary = binary
+        self.allowed_cpu_models = allowed_cpu_models
 
     @functools.cached_property
     def offer(self) -> QemuOffer:
-        return probe_qemu(self.accelerator, self.binary)
+        """What QEMU offers here, less the CPU models the operator chose not to offer (to
+        keep a mixed cluster's VMs on models every node has)."""
+        offer = probe_qemu(self.accelerator, self.binary)
+        if self.allowed_cpu_models is None:
+            return offer
+        allowed = set(self.allowed_cpu_models)
+        return QemuOffer(
+            offer.version, tuple(m for m in offer.cpu_models if m in allowed), offer.machine_types
+        )
 
     def facts(self) -> HostFacts:
         return host_facts(self.offer, self.accelerator)
@@ -98,12 +112,19 @@ class QemuDriver(HypervisorDriver, MigrationDriver):
                 ["qemu-img", "create", "-q", "-f", disk.format, str(disk.path), f"{disk.size_mib}M"]
             )
 
-    def undefine(self, spec: VmSpec, layout: VmLayout, *, delete_disks: bool) -> None:
+    def undefine(
+        self, spec: VmSpec, layout: VmLayout, *, delete_disks: bool, keep_logs: bool = False
+    ) -> None:
         if process.find_pid(layout) is not None:
             raise HypervisorError(f"VM {spec.name} is running; stop it first")
         for nic in spec.nics:
             host_network.remove_tap(nic.tap)
-        shutil.rmtree(layout.runtime_dir, ignore_errors=True)
+        if keep_logs:
+            process.clean_runtime(layout)
+            for tls in layout.runtime_dir.glob("tls-*"):
+                shutil.rmtree(tls, ignore_errors=True)
+        else:
+            shutil.rmtree(layout.runtime_dir, ignore_errors=True)
         if delete_disks:
             for disk in spec.disks:
                 if disk.size_mib is not None:  # only disks corral created

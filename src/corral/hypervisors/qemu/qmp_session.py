@@ -49,7 +49,8 @@ class QmpSession:
                 if attempt == attempts or not self.socket_path.exists():
                     self._loop.close()
                     raise HypervisorError(
-                        f"QMP socket {self.socket_path} does not answer: {exc}") from exc
+                        f"QMP socket {self.socket_path} does not answer: {exc}"
+                    ) from exc
                 self._client = QMPClient(self._client.name)
                 time.sleep(0.05 * attempt)
         self._connected = True

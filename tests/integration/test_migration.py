@@ -1,0 +1,218 @@
+"""Live migration end to end: real agents, real QEMU (TCG), real TLS, in a three-node lab.
+The guest keeps its counter, its TCP connection, its disk sequence and its address."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from corral.commands import run
+from corral.lab import agents, netns
+from corral.lab.image import GuestImage
+from corral.lab.lifecycle import lab_down, lab_up
+from corral.lab.plan import LabConfig, LabNode, LabPlan
+from corral.waiting import wait_for
+from tests.integration.migration_helpers import CounterClient, PingLoss, migrate
+from tests.integration.vm_helpers import (
+    console_lines,
+    corral,
+    corral_json,
+    corral_ok,
+    counters,
+    guest_args,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.qemu]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
+    root = tmp_path_factory.mktemp("migration") / "lab"
+    plan = lab_up(LabConfig(nodes=3, prefix="cmig", root=root))
+    try:
+        agents.form_cluster(plan)
+        yield plan
+    finally:
+        lab_down(root)
+    assert not set(plan.namespaces) & netns.existing_namespaces()
+
+
+def boot(
+    lab: LabPlan,
+    image: GuestImage,
+    name: str,
+    host: int,
+    *extra: str,
+    node: LabNode | None = None,
+    dirty_mib: int = 0,
+    memory: int = 256,
+) -> str:
+    node = node or lab.nodes[0]
+    ip = str(lab.guest_address(host).ip)
+    corral_ok(
+        node,
+        "vm",
+        "create",
+        name,
+        "--memory",
+        str(memory),
+        "--nic",
+        "br0",
+        *guest_args(image, f"{ip}/24", dirty_mib=dirty_mib),
+        *extra,
+        "--start",
+    )
+    wait_for(
+        lambda: any("BOOTED" in ln for ln in console_lines(node, name)),
+        timeout=120,
+        what=f"{name} to boot",
+    )
+    return ip
+
+
+def _runtime(node: LabNode, vm: str) -> Any:
+    with agents.client(node) as c:
+        return c.get(f"/runtime/{vm}")
+
+
+def where_it_runs(lab: LabPlan, vm: str) -> list[str]:
+    return [n.name for n in lab.nodes if _runtime(n, vm)["observed"] != "stopped"]
+
+
+def test_an_idle_guest_goes_there_and_back_keeping_everything(
+    lab: LabPlan, guest_image: GuestImage
+) -> None:
+    node1, node2, _ = lab.nodes
+    ip = boot(lab, guest_image, "idle", 41)
+    wait_for(
+        lambda: (
+            run(
+                netns.in_netns(lab.client_netns, ["ping", "-c1", "-W1", ip]), check=False
+            ).returncode
+            == 0
+        ),
+        timeout=60,
+        what="ping",
+    )
+    stream = CounterClient.connect(lab, ip)
+    wait_for(lambda: len(stream.counters) >= 3, timeout=30, what="the counter stream")
+    pings = PingLoss.start(lab, ip)
+    try:
+        code, lines, err = migrate(node1, "idle", "node2")
+        assert code == 0, err
+        there = lines[-1]
+        assert there["event"] == "done"
+        assert there["tls"] is True
+        assert there["downtime_ms"] is not None
+        assert where_it_runs(lab, "idle") == ["node2"]
+        assert corral_json(node2, "vm", "show", "idle")["owner"] == "node2"
+        assert corral(node1, "vm", "show", "idle").returncode == 3
+        seen = len(stream.counters)
+        wait_for(
+            lambda: len(stream.counters) > seen + 5,
+            timeout=30,
+            what="the stream to go on from node2",
+        )
+        code, lines, err = migrate(node1, "idle", "node1")  # asked on node1, runs on node2
+        assert code == 0, err
+        assert where_it_runs(lab, "idle") == ["node1"]
+        seen = len(stream.counters)
+        wait_for(
+            lambda: len(stream.counters) > seen + 5,
+            timeout=30,
+            what="the stream to go on from node1",
+        )
+    finally:
+        sent, received = pings.stop()
+    lost = sent - received
+    print(f"ping across two migrations: {sent} sent, {lost} lost")
+    assert received > 0
+    assert lost < sent * 0.2
+    # The TCP connection survived both moves and the counter never went back.
+    assert not stream.closed
+    seqs = [c.seq for c in stream.counters]
+    assert seqs == sorted(seqs)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not one line lost
+    stream.close()
+    lines_now = console_lines(node1, "idle")
+    assert sum("BOOTED" in ln for ln in lines_now) == 1  # booted once, never again
+    assert not [ln for ln in lines_now if ln.startswith("DISKERR")]
+    before = counters(lines_now)[-1]
+    wait_for(
+        lambda: any(
+            ln.startswith("DISKSEQ") for ln in console_lines(node1, "idle")[len(lines_now) :]
+        ),
+        timeout=60,
+        what="disk writes after the moves",
+    )
+    assert counters(console_lines(node1, "idle"))[-1].seq > before.seq
+
+
+def test_without_insecure_the_stream_is_tls_and_with_it_plain(
+    lab: LabPlan, guest_image: GuestImage
+) -> None:
+    node1, node2, _ = lab.nodes
+    boot(lab, guest_image, "plain", 42)
+    code, lines, err = migrate(node1, "plain", "node2", "--insecure", "--parallel", "2")
+    assert code == 0, err
+    assert lines[-1]["tls"] is False
+    assert lines[-1]["channels"] == 2
+    tasks = corral_json(node2, "task", "list")
+    receive = next(t for t in tasks if t["kind"] == "migration.receive")
+    log = corral_ok(node2, "task", "logs", receive["id"])
+    assert "tls=False" in log
+    code, lines, err = migrate(node2, "plain", "node1")
+    assert code == 0, err
+    receive = next(
+        t for t in corral_json(node1, "task", "list") if t["kind"] == "migration.receive"
+    )
+    assert "tls=True" in corral_ok(node1, "task", "logs", receive["id"])
+    corral_ok(node1, "vm", "kill", "plain")
+    corral_ok(node1, "vm", "delete", "plain")
+
+
+def test_cancel_in_mid_transfer_leaves_the_vm_on_the_source_only(
+    lab: LabPlan,
+    guest_image: GuestImage,
+) -> None:
+    node1, node2, _ = lab.nodes
+    boot(lab, guest_image, "slow", 43, dirty_mib=32)
+    started = time.monotonic()
+    holder: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def background() -> None:
+        holder["out"] = corral(node1, "migrate", "slow", "node2", "--bandwidth", "4", "--json")
+
+    thread = threading.Thread(target=background)
+    thread.start()
+
+    def transferring() -> bool:
+        tasks = corral_json(node1, "task", "list")
+        send = [t for t in tasks if t["kind"] == "migration.send" and t["state"] == "running"]
+        return (
+            bool(send)
+            and send[0]["progress"].get("phase") == "transfer"
+            and send[0]["progress"].get("done", 0) > 0
+        )
+
+    wait_for(transferring, timeout=60, what="the transfer to start")
+    corral_ok(node1, "migrate", "slow", "--cancel")
+    thread.join(timeout=120)
+    out = holder["out"]
+    assert out.returncode == 12, out.stderr
+    assert time.monotonic() - started < 120
+    assert where_it_runs(lab, "slow") == ["node1"]
+    info = corral_json(node1, "vm", "show", "slow")
+    assert (info["owner"], info["observed"]) == ("node1", "running")
+    assert corral(node2, "vm", "show", "slow").returncode == 3
+    receive = next(
+        t for t in corral_json(node2, "task", "list") if t["kind"] == "migration.receive"
+    )
+    assert receive["state"] == "cancelled"
+    corral_ok(node1, "vm", "kill", "slow")
+    corral_ok(node1, "vm", "delete", "slow")
