@@ -3,6 +3,8 @@ The guest keeps its counter, its TCP connection, its disk sequence and its addre
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -216,3 +218,121 @@ def test_cancel_in_mid_transfer_leaves_the_vm_on_the_source_only(
     assert receive["state"] == "cancelled"
     corral_ok(node1, "vm", "kill", "slow")
     corral_ok(node1, "vm", "delete", "slow")
+
+
+def test_recover_reports_where_the_vm_runs_and_keeps_it_there(lab: LabPlan) -> None:
+    node1 = lab.nodes[0]
+    answer = corral_json(node1, "migrate", "idle", "--recover")
+    assert answer["outcome"] == "runs on node1"
+    assert where_it_runs(lab, "idle") == ["node1"]
+    assert corral_json(node1, "vm", "show", "idle")["observed"] == "running"
+
+
+def test_a_guest_that_does_not_converge_is_aborted_and_stays_on_the_source(
+    lab: LabPlan,
+    guest_image: GuestImage,
+) -> None:
+    node1 = lab.nodes[0]
+    boot(lab, guest_image, "hot", 44, dirty_mib=64)
+    wait_for(
+        lambda: any("DIRTYING" in ln for ln in console_lines(node1, "hot")),
+        timeout=60,
+        what="the dirtier",
+    )
+    code, _, err = migrate(
+        node1, "hot", "node2", "--bandwidth", "16", "--no-auto-converge", "--timeout", "8"
+    )
+    assert code == 14, err
+    assert "aborted by policy: not complete after 8s" in err
+    assert where_it_runs(lab, "hot") == ["node1"]
+    assert corral_json(node1, "vm", "show", "hot")["observed"] == "running"
+    latest = corral_json(node1, "migrations", "list")[0]
+    assert latest["phase"] == "rolled-back"
+
+
+def test_the_same_guest_completes_when_the_policy_may_force_it(lab: LabPlan) -> None:
+    node1 = lab.nodes[0]
+    code, lines, err = migrate(
+        node1, "hot", "node2", "--bandwidth", "16", "--timeout", "8", "--on-timeout", "force"
+    )
+    assert code == 0, err
+    actions = lines[-1]["policy_actions"]
+    assert any(a.startswith("forcing completion") for a in actions), actions
+    assert where_it_runs(lab, "hot") == ["node2"]
+    node2 = lab.nodes[1]
+    before = counters(console_lines(node2, "hot"))
+    wait_for(
+        lambda: counters(console_lines(node2, "hot"))[-1].seq > before[-1].seq + 3,
+        timeout=30,
+        what="the guest to run on node2",
+    )
+    corral_ok(node2, "vm", "kill", "hot")
+    corral_ok(node2, "vm", "delete", "hot")
+
+
+def test_preflight_refuses_with_every_reason(lab: LabPlan, guest_image: GuestImage) -> None:
+    node1, node2, node3 = lab.nodes
+    out = corral(node1, "migrate", "idle", "node9")
+    assert out.returncode == 4
+    assert "[target-unknown]" in out.stderr
+    # node3 goes offline, then comes back offering fewer CPU models and a local system dir.
+    agents.stop_agent(node3)
+    wait_for(
+        lambda: (
+            not next(n for n in corral_json(node1, "node", "list") if n["name"] == "node3")[
+                "online"
+            ]
+        ),
+        timeout=30,
+        what="node1 to see node3 offline",
+    )
+    out = corral(node1, "migrate", "idle", "node3")
+    assert out.returncode == 4
+    assert "[target-offline]" in out.stderr
+    agents.start_agent(
+        lab, node3, extra={"cpu_models": ["qemu64"], "system_dir": str(node3.local_dir / "system")}
+    )
+    wait_for(
+        lambda: all(n["online"] for n in corral_json(node1, "node", "list")),
+        timeout=30,
+        what="node3 back online",
+    )
+    # A bridge only node1 has.
+    run(["ip", "-n", node1.netns, "link", "add", "brx", "type", "bridge"])
+    run(["ip", "-n", node1.netns, "link", "set", "brx", "up"])
+    boot(lab, guest_image, "picky", 45, "--cpu-model", "Westmere", "--nic", "brx")
+    out = corral(node1, "migrate", "picky", "node3")
+    assert out.returncode == 4
+    for code in ("[cpu-model]", "[storage-not-shared]", "[bridge]"):
+        assert code in out.stderr, out.stderr
+    assert "system directory is not shared" in out.stderr
+    plan = corral(node1, "migrate", "picky", "node3", "--plan", "--json")
+    assert plan.returncode == 4
+    assert {"cpu-model", "storage-not-shared", "bridge"} <= {
+        r["code"] for r in json.loads(plan.stdout)["reasons"]
+    }
+    # A VM of that name recorded on the target (as after a split).
+    spec = corral_json(node1, "vm", "show", "picky")["spec"]
+    db = sqlite3.connect(node2.local_dir / "state" / "corral.db")
+    with db:
+        db.execute(
+            "INSERT INTO vms VALUES ('picky', 'node2', ?, 'stopped', 0)", (json.dumps(spec),)
+        )
+    try:
+        out = corral(node1, "migrate", "picky", "node2")
+        assert out.returncode == 4
+        assert "[name-conflict]" in out.stderr
+    finally:
+        with db:
+            db.execute("DELETE FROM vms WHERE name = 'picky'")
+        db.close()
+    # More memory than the target has free (QEMU allocates lazily, so it starts here).
+    total = corral_json(node2, "node", "list")[0]["facts"]["memory_total_mib"]
+    corral_ok(node1, "vm", "create", "huge", "--memory", str(total - 128), "--start")
+    out = corral(node1, "migrate", "huge", "node2")
+    assert out.returncode == 4
+    assert "[memory]" in out.stderr
+    for vm in ("picky", "huge"):
+        corral_ok(node1, "vm", "kill", vm)
+        corral_ok(node1, "vm", "delete", vm)
+    assert where_it_runs(lab, "idle") == ["node1"]  # nothing moved

@@ -16,6 +16,7 @@ from corral.cli.agent_command import agent_command
 from corral.cli.cluster_commands import cluster_app, node_app
 from corral.cli.lab_commands import lab_app
 from corral.cli.migrate_command import migrate_command
+from corral.cli.migration_history import migrations_app
 from corral.cli.output import fail
 from corral.cli.task_commands import task_app
 from corral.cli.vm_commands import checkpoint_app, vm_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.command("agent")(agent_command)
 app.command("migrate")(migrate_command)
+app.add_typer(migrations_app, name="migrations")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(node_app, name="node")
 app.add_typer(task_app, name="task")

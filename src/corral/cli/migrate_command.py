@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
@@ -114,7 +115,9 @@ def _plan_output(plan: dict[str, Any]) -> None:
     verdict = "[green]allowed[/]" if plan["allowed"] else "[red]refused[/]"
     console.print(f"{plan['vm']}: {plan['source']} -> {plan['target']}: {verdict}")
     for r in plan["reasons"]:
-        console.print(f"  [red]{r['code']}[/] ({r['node']}): {r['message']}", highlight=False)
+        console.print(
+            f"  [red]{r['code']}[/] ({r['node']}): {escape(r['message'])}", highlight=False
+        )
     est = plan.get("estimate")
     if not est:
         return
@@ -173,7 +176,9 @@ def migrate_command(
             return
         if recover:
             answer = client.post(f"/migrations/{vm}/recover", timeout=120)
-            print_json(answer) if json_out else console.print(f"{vm}: {answer['outcome']}")
+            print_json(answer) if json_out else console.print(
+                f"{vm}: {answer['outcome']}", markup=False
+            )
             return
         if target is None:
             raise UserInputError("NODE", "name the node to migrate to")
@@ -199,7 +204,10 @@ def migrate_command(
     with agent_client(started["source"]) as source:
         task = _follow(source, started["task"], json_out)
     if task["state"] != "succeeded":
-        raise TaskEnded(task)
+        ended = TaskEnded(task)
+        if task["state"] == "failed":
+            ended.exit_code = 14
+        raise ended
     if json_out:
         sys.stdout.write(json.dumps({"event": "done", **task["result"]}) + "\n")
     else:

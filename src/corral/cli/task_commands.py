@@ -105,7 +105,7 @@ def show_command(task_id: TaskIdArg, node: NodeOption = None, json_out: JsonOpti
         "result",
         "error",
     ):
-        console.print(f"{key:10} {task[key]}", highlight=False)
+        console.print(f"{key:10} {task[key]}", highlight=False, markup=False)
     console.print("history:")
     for event in task["events"]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
@@ -178,5 +178,5 @@ def wait_command(
         print_json(task)
     else:
         detail = f": {task['error']}" if task["error"] else ""
-        console.print(f"{task_id} {task['state']}{detail}", highlight=False)
+        console.print(f"{task_id} {task['state']}{detail}", highlight=False, markup=False)
     exit_for(task)

@@ -185,12 +185,14 @@ def show_command(vm: VmArg, node: NodeOption = None, json_out: JsonOption = Fals
         print_json(info)
         return
     for key in ("name", "owner", "state", "observed", "pid", "console_log"):
-        console.print(f"{key:12} {info[key]}", highlight=False)
+        console.print(f"{key:12} {info[key]}", highlight=False, markup=False)
     spec = info["spec"]
     console.print(f"{'memory':12} {mib(spec['memory_mib'])}")
-    console.print(f"{'cpu':12} {spec['cpu']}", highlight=False)
+    console.print(f"{'cpu':12} {spec['cpu']}", highlight=False, markup=False)
     for disk in spec["disks"]:
-        console.print(f"{'disk':12} {disk['path']} ({disk['format']})", highlight=False)
+        console.print(
+            f"{'disk':12} {disk['path']} ({disk['format']})", highlight=False, markup=False
+        )
     for nic in spec["nics"]:
         console.print(
             f"{'nic':12} {nic['mac']} on {nic['bridge']} (tap {nic['tap']})", highlight=False
