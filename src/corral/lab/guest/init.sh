@@ -13,6 +13,7 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs run /run
 exec </dev/console >/dev/console 2>&1
+echo  # end the firmware's last line, so every line of ours starts a line
 
 for m in $(cat /etc/corral-modules); do
     insmod "/lib/modules/$m.ko" 2>/dev/null
