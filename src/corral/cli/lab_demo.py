@@ -7,17 +7,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
-from corral import config
+from corral import commands, config
+from corral.cli.follow import TaskEnded, follow_task
+from corral.cli.migrate_command import follow_migration, print_migration_summary
 from corral.cli.output import console
 from corral.client import AgentClient
+from corral.lab import netns
 from corral.lab.agents import agent_socket, form_cluster
-from corral.lab.guest import LabGuest, parse_counter
-from corral.lab.image import GuestImage, GuestImageBuilder
+from corral.lab.image import GuestImage, GuestImageBuilder, guest_cmdline
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig, LabPlan
+from corral.lab.probes import CounterClient, PingMeter
 from corral.waiting import wait_for
 
 DEMO_PREFIX = "demo"
@@ -95,35 +99,86 @@ def _cluster_steps(plan: LabPlan, report: DemoReport) -> None:
     )
 
 
+def _migrate(client: AgentClient, plan: LabPlan, vm: str, target: str) -> dict[str, Any]:
+    started = client.post("/migrations", {"vm": vm, "target": target}, timeout=120)
+    source = plan.node(started["source"])
+    with AgentClient(socket_path=agent_socket(source)) as on_source:
+        task = follow_migration(on_source, started["task"], json_lines=False)
+    if task["state"] != "succeeded":
+        raise TaskEnded(task)
+    print_migration_summary(task["result"])
+    result: dict[str, Any] = task["result"]
+    return result
+
+
 def _guest_steps(plan: LabPlan, image: GuestImage, report: DemoReport) -> None:
-    """Boot the test guest in node1, ping it from the client, read its counters."""
-    node = plan.node("node1")
-    with LabGuest(plan, node, image, name="demo-vm", host_number=10) as guest:
+    """A VM on node1 through its agent, pinged and streamed from the client, migrated to
+    node2 and back with the progress bar, with what the client saw."""
+    node1 = plan.node("node1")
+    address = plan.guest_address(10)
+    spec = {
+        "name": "demo-vm",
+        "memory_mib": 256,
+        "cpu": {"count": 2, "topology": {"sockets": 1, "cores": 2, "threads": 1}},
+        "disks": [{"size_mib": 32}],
+        "nics": [{"bridge": "br0"}],
+        "boot": {
+            "kernel": str(image.kernel),
+            "initrd": str(image.initrd),
+            "cmdline": guest_cmdline(ip=str(address), disk="vda"),
+        },
+    }
+    with AgentClient(socket_path=agent_socket(node1)) as client:
         t0 = time.monotonic()
-        with console.status(f"booting the test guest in {node.name} (QEMU, TCG)"):
-            guest.wait_booted()
-        report.add("guest booted", f"{time.monotonic() - t0:.1f} s in {node.netns}")
-        with console.status("waiting for the guest to answer ping"):
-            wait_for(guest.ping_from_client, timeout=60, what="the guest to answer ping")
-        report.add("first ping", f"{time.monotonic() - t0:.1f} s after start")
-        ok = guest.ping_from_client(count=5)
-        report.add(
-            "ping x5 from client",
-            f"{plan.client_netns} -> {guest.address.ip}: {'ok' if ok else 'LOST'}",
-        )
-        with guest.connect_counter() as conn:
-            stream = conn.makefile("r")
-            first = parse_counter(stream.readline())
-            for _ in range(9):
-                last = parse_counter(stream.readline())
-        if first and last:
-            report.add(
-                "TCP counter stream",
-                f"uptime {first.uptime:.2f} s -> {last.uptime:.2f} s over 10 lines",
+        client.post("/vms", spec)
+        follow_task(client, client.post("/vms/demo-vm/start"), quiet=True)
+        with console.status("booting the test guest on node1 (QEMU, TCG)"):
+            wait_for(
+                lambda: "BOOTED" in client.get("/vms/demo-vm/console", lines=50),
+                timeout=120,
+                what="the guest to boot",
             )
-        counter = guest.last_counter()
-        if counter:
-            report.add("console counter", f"line {counter.seq}, uptime {counter.uptime} s")
-        console.print("[dim]last console lines:[/]")
-        for line in guest.console_lines()[-3:]:
-            console.print(f"  [dim]{line}[/]")
+        report.add("guest booted", f"{time.monotonic() - t0:.1f} s on node1, {address.ip}")
+        guest = LabGuestView(plan, str(address.ip))
+        with console.status("waiting for the guest to answer ping"):
+            wait_for(guest.ping, timeout=60, what="the guest to answer ping")
+        report.add("first ping", f"{time.monotonic() - t0:.1f} s after create")
+        stream = CounterClient.connect(plan, str(address.ip))
+        wait_for(lambda: len(stream.counters) >= 3, timeout=30, what="the counter stream")
+        pings = PingMeter.start(plan, str(address.ip), interval=0.01)
+        try:
+            there = _migrate(client, plan, "demo-vm", "node2")
+            back = _migrate(client, plan, "demo-vm", "node1")
+        finally:
+            sent, received = pings.stop()
+        wait_for(lambda: len(stream.counters) > 20, timeout=30, what="more counter lines")
+        for label, result in (("node1 -> node2", there), ("node2 -> node1", back)):
+            report.add(
+                f"migrate {label}",
+                f"{result['total_s']:.2f} s, QEMU downtime {result['downtime_ms']} ms,"
+                f" {result['bytes_sent'] / 2**20:.0f} MiB sent, TLS",
+            )
+        report.add("ping every 10 ms", f"{sent} sent, {sent - received} lost across both moves")
+        alive = "alive" if not stream.closed else "CLOSED"
+        report.add(
+            "TCP counter stream",
+            f"{alive}, {len(stream.counters)} lines, "
+            f"{'none lost' if stream.continuous else 'LINES LOST'}, longest gap "
+            f"{stream.largest_gap() * 1000:.0f} ms (lines every 100 ms)",
+        )
+        stream.close()
+        client.post("/vms/demo-vm/kill")
+
+
+@dataclass(frozen=True)
+class LabGuestView:
+    """The guest as the lab's client namespace sees it."""
+
+    plan: LabPlan
+    address: str
+
+    def ping(self) -> bool:
+        argv = netns.in_netns(
+            self.plan.client_netns, ["ping", "-n", "-q", "-c", "1", "-W", "1", self.address]
+        )
+        return commands.run(argv, check=False).returncode == 0

@@ -48,7 +48,7 @@ def _info(p: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _follow(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict[str, Any]:
+def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict[str, Any]:
     task_id = task["id"]
     if json_lines:
         last = None
@@ -93,7 +93,7 @@ def _follow(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict
     return task
 
 
-def _summary(result: dict[str, Any]) -> None:
+def print_migration_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"{result['vm']}: {result['source']} -> {result['target']}")
     table.add_column("measure")
     table.add_column("value")
@@ -202,7 +202,7 @@ def migrate_command(
             return
         started = client.post("/migrations", body, timeout=120)
     with agent_client(started["source"]) as source:
-        task = _follow(source, started["task"], json_out)
+        task = follow_migration(source, started["task"], json_out)
     if task["state"] != "succeeded":
         ended = TaskEnded(task)
         if task["state"] == "failed":
@@ -211,4 +211,4 @@ def migrate_command(
     if json_out:
         sys.stdout.write(json.dumps({"event": "done", **task["result"]}) + "\n")
     else:
-        _summary(task["result"])
+        print_migration_summary(task["result"])

@@ -1,0 +1,82 @@
+"""Watching a guest from the lab's client namespace while it moves: a TCP client that stays
+connected to its counter stream, and a ping that measures loss. Used by the demo, the tests
+and the benchmarks."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+from corral.lab import netns
+from corral.lab.guest import COUNTER_PORT, Counter, parse_counter
+from corral.lab.plan import LabPlan
+
+
+@dataclass
+class CounterClient:
+    """A TCP connection to the guest's counter service, read by a thread; `closed` says
+    whether the stream ended (a connection that did not survive)."""
+
+    conn: socket.socket
+    counters: list[Counter] = field(default_factory=list)
+    closed: bool = False
+
+    @classmethod
+    def connect(cls, plan: LabPlan, address: str, port: int = COUNTER_PORT) -> CounterClient:
+        client = cls(netns.connect_in(plan.client_netns, address, port, timeout=10))
+        client.conn.settimeout(None)
+        threading.Thread(target=client._read, daemon=True).start()
+        return client
+
+    def _read(self) -> None:
+        stream = self.conn.makefile("r")
+        try:
+            for line in stream:
+                counter = parse_counter(line)
+                if counter is not None:
+                    self.counters.append(counter)
+        except OSError:
+            pass
+        self.closed = True
+
+    @property
+    def continuous(self) -> bool:
+        """True when no line was lost or repeated: the sequence numbers follow each other."""
+        seqs = [c.seq for c in self.counters]
+        return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+    def largest_gap(self) -> float:
+        """The longest pause in the guest's uptime between two lines (seconds)."""
+        ups = [c.uptime for c in self.counters]
+        return max((b - a for a, b in itertools.pairwise(ups)), default=0.0)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class PingMeter:
+    """`ping -i INTERVAL` from the client namespace for as long as it runs."""
+
+    proc: subprocess.Popen[str]
+    interval: float
+
+    @classmethod
+    def start(cls, plan: LabPlan, address: str, interval: float = 0.02) -> PingMeter:
+        argv = netns.in_netns(plan.client_netns, ["ping", "-n", "-i", str(interval), address])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return cls(proc, interval)
+
+    def stop(self) -> tuple[int, int]:
+        """(sent, received)."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        if match is None:
+            return 0, 0
+        return int(match.group(1)), int(match.group(2))
