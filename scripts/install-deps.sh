@@ -10,6 +10,8 @@ PACKAGES=(
   iproute2          # ip netns, veth, bridges, taps
   iputils-ping      # ping from the client namespace
   cpio              # reads back initramfs archives in the tests
+  glusterfs-server  # the lab's shared storage (corral lab up --storage glusterfs)
+  glusterfs-client
   procps            # ps, pgrep
   kmod              # modprobe
   make

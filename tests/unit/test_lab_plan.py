@@ -125,3 +125,19 @@ def test_unknown_node_is_refused_listing_the_known_ones() -> None:
 def test_config_survives_its_json_round_trip() -> None:
     cfg = LabConfig(nodes=4, prefix="x", root=Path("/r"), migration_net=IPv4Network("10.5.0.0/24"))
     assert LabConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_glusterfs_storage_adds_a_storage_namespace_on_the_migration_network() -> None:
+    plan = plan_lab(LabConfig(nodes=2, storage="glusterfs"))
+    assert plan.storage_netns == "corral-storage"
+    assert "corral-storage" in plan.namespaces
+    assert str(plan.storage_address) == "10.210.0.250/24"
+    link = next(ln for ln in plan.links if ln.netns == "corral-storage")
+    assert link.fabric_bridge == "mig"
+    assert plan_lab(LabConfig(nodes=2)).storage_netns == ""
+
+
+def test_unknown_storage_is_refused() -> None:
+    with pytest.raises(UserInputError) as info:
+        plan_lab(LabConfig(storage="nfs"))
+    assert info.value.field == "storage"

@@ -74,6 +74,12 @@ def up_command(
         str, typer.Option(help="Guest network (the client gets host 254).")
     ] = "10.211.0.0/24",
     root: RootOption = None,
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="dir: a directory shared by path; glusterfs: a GlusterFS volume mounted on it."
+        ),
+    ] = "dir",
     with_agents: Annotated[
         bool,
         typer.Option("--agents/--no-agents", help="Start an agent per node and form the cluster."),
@@ -88,6 +94,7 @@ def up_command(
         root=root or config.lab_root(),
         migration_net=_network(migration_net, "--migration-net"),
         guest_net=_network(guest_net, "--guest-net"),
+        storage=storage,
     )
     plan = lab_up(cfg, progress=console.print)
     if with_agents:

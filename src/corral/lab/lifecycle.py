@@ -17,7 +17,7 @@ from pathlib import Path
 
 from corral import commands
 from corral.errors import ConflictError, CorralError, EnvironmentProblem
-from corral.lab import agents, netns, reaping
+from corral.lab import agents, gluster, netns, reaping
 from corral.lab.plan import LabConfig, LabPlan, down_commands, plan_lab, up_commands
 
 Progress = Callable[[str], None]
@@ -132,6 +132,9 @@ def lab_up(config: LabConfig, progress: Progress = lambda _: None) -> LabPlan:
         for argv in up_commands(plan):
             commands.run(argv)
         _disable_bridge_netfilter(plan)
+        if config.storage == "glusterfs":
+            progress("starting GlusterFS in the storage namespace")
+            gluster.start(plan)
     except BaseException:
         _teardown(plan, progress)
         raise
@@ -141,6 +144,8 @@ def lab_up(config: LabConfig, progress: Progress = lambda _: None) -> LabPlan:
 
 def _teardown(plan: LabPlan, progress: Progress) -> None:
     present = netns.existing_namespaces()
+    if plan.config.storage == "glusterfs":
+        gluster.stop(plan)  # while the nodes' VMs may still have files open: lazy unmount
     # VMs first, while their agents live to reap them; then the agents; then the rest.
     for node in plan.nodes:
         if node.netns in present:

@@ -28,6 +28,8 @@ NODE_MIGRATION_IFACE = "mig0"
 NODE_UPLINK_IFACE = "uplink0"
 CLIENT_IFACE = "eth0"
 CLIENT_HOST = 254  # the client's host number on the guest network
+STORAGE_KINDS = ("dir", "glusterfs")
+STORAGE_HOST = 250  # the storage namespace's host number on the migration network
 DEFAULT_MIGRATION_NET = IPv4Network("10.210.0.0/24")
 DEFAULT_GUEST_NET = IPv4Network("10.211.0.0/24")
 
@@ -41,6 +43,7 @@ class LabConfig:
     migration_net: IPv4Network = DEFAULT_MIGRATION_NET
     guest_net: IPv4Network = DEFAULT_GUEST_NET
     root: Path = Path("/var/lib/corral-lab")
+    storage: str = "dir"  # "dir": a directory; "glusterfs": a GlusterFS volume mounted there
 
     def validate(self) -> None:
         """:raise UserInputError: naming the setting that is out of range."""
@@ -57,6 +60,10 @@ class LabConfig:
             raise UserInputError("guest-net", f"{self.guest_net} overlaps {self.migration_net}")
         if not self.root.is_absolute():
             raise UserInputError("root", f"{self.root} is not an absolute path")
+        if self.storage not in STORAGE_KINDS:
+            raise UserInputError(
+                "storage", f"{self.storage!r} is not one of " + ", ".join(STORAGE_KINDS)
+            )
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -65,6 +72,7 @@ class LabConfig:
             "root": str(self.root),
             "migration_net": str(self.migration_net),
             "guest_net": str(self.guest_net),
+            "storage": self.storage,
         }
 
     @classmethod
@@ -75,6 +83,7 @@ class LabConfig:
             migration_net=IPv4Network(str(data["migration_net"])),
             guest_net=IPv4Network(str(data["guest_net"])),
             root=Path(str(data["root"])),
+            storage=str(data.get("storage", "dir")),
         )
 
 
@@ -115,10 +124,13 @@ class LabPlan:
     shared_dir: Path
     state_file: Path
     directories: tuple[Path, ...] = field(default=())
+    storage_netns: str = ""
+    storage_address: IPv4Interface | None = None
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        return (self.fabric_netns, self.client_netns, *(n.netns for n in self.nodes))
+        storage = (self.storage_netns,) if self.storage_netns else ()
+        return (self.fabric_netns, self.client_netns, *(n.netns for n in self.nodes), *storage)
 
     def node(self, name: str) -> LabNode:
         """:raise UserInputError: no node of that name in this lab."""
@@ -181,6 +193,15 @@ def plan_lab(config: LabConfig) -> LabPlan:
             "g-client", FABRIC_GUEST_BRIDGE, f"{p}-client", CLIENT_IFACE, address=client_address
         )
     )
+    storage_netns, storage_address = "", None
+    if config.storage == "glusterfs":
+        storage_netns = f"{p}-storage"
+        storage_address = IPv4Interface(f"{mig.network_address + STORAGE_HOST}/{mig.prefixlen}")
+        links.append(
+            VethLink(
+                "m-storage", FABRIC_MIGRATION_BRIDGE, storage_netns, "eth0", address=storage_address
+            )
+        )
     shared = config.root / "shared"
     return LabPlan(
         config=config,
@@ -192,6 +213,8 @@ def plan_lab(config: LabConfig) -> LabPlan:
         shared_dir=shared,
         state_file=config.root / "lab.json",
         directories=(config.root, shared, config.root / "nodes", *(n.local_dir for n in nodes)),
+        storage_netns=storage_netns,
+        storage_address=storage_address,
     )
 
 

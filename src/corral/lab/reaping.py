@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_PREFIXES = ("qemu", "gluster")  # daemons and VMs whose parents may die first
 
 
 def become_subreaper() -> bool:
@@ -32,7 +33,7 @@ def reap_zombie_children() -> list[int]:
         comm = stat[stat.find("(") + 1 : stat.rfind(")")]
         fields = stat.rsplit(")", 1)[1].split()
         # Only orphaned QEMUs: other children may be Popen objects that want their status.
-        if fields[0] == "Z" and fields[1] == me and comm.startswith("qemu"):
+        if fields[0] == "Z" and fields[1] == me and comm.startswith(ORPHAN_PREFIXES):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(proc.name), os.WNOHANG)
                 reaped.append(int(proc.name))
