@@ -136,6 +136,7 @@ def plan(agent: NodeAgent, opts: MigrationOptions) -> dict[str, Any]:
         "ram_bytes": ram,
         "timeout_s": limits.completion_timeout_s,
         "max_downtime_ms": limits.max_downtime_ms,
+        "storage": agent.dirs.describe(),
     }
     with contextlib.suppress(CorralError):
         estimate["dirty_rate_bytes"] = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -102,6 +102,7 @@ def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
         "CPU",
         "hypervisor",
         "memory free/total",
+        "VM storage",
         "VMs",
     ):
         table.add_column(column)
@@ -120,9 +121,19 @@ def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
             f"{f.get('hypervisor', '?')} {f.get('hypervisor_version', '')}"
             f" ({f.get('accelerator', '?')})",
             f"{mib(f.get('memory_free_mib'))} / {mib(f.get('memory_total_mib'))}",
+            storage_text(f.get("storage", {})),
             str(f.get("vm_count", "?")),
         )
     console.print(table)
+
+
+def storage_text(storage: dict[str, Any]) -> str:
+    """ "GlusterFS" when the data, config and system dirs share one filesystem kind, else
+    each role's kind."""
+    kinds = {role: str(info.get("filesystem", "?")) for role, info in storage.items()}
+    if len(set(kinds.values())) == 1:
+        return next(iter(kinds.values()))
+    return ", ".join(f"{role}: {kind}" for role, kind in kinds.items())
 
 
 @node_app.command("remove")

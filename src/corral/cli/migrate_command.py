@@ -122,6 +122,12 @@ def _plan_output(plan: dict[str, Any]) -> None:
     if not est:
         return
     console.print(f"  RAM               {_size(est['ram_bytes'])}")
+    for role, info in est.get("storage", {}).items():
+        console.print(
+            f"  {role + ' dir':<17} {info['path']} ({info['filesystem']},"
+            f" id {str(info['id'])[:8]})",
+            markup=False,
+        )
     if "dirty_rate_bytes" in est:
         console.print(
             f"  dirty rate        {est['dirty_rate_bytes'] / MIB:.1f} MiB/s (calc-dirty-rate, 1 s)"
