@@ -10,11 +10,13 @@ from typing import Any
 from corral.agent.node_agent import NodeAgent
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.migration import policy
+from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
-from corral.migration.orchestrator import MigrationServices, TlsFiles, check
+from corral.migration.orchestrator import PreflightFailed, check
 from corral.migration.preflight import NodeView
 from corral.migration.receiver import ReceiverServices
 from corral.migration.recovery import recover_vm
+from corral.migration.services import MigrationServices, TlsFiles
 from corral.tasks.states import TaskState
 
 PROBE_BYTES = 32 * MIB
@@ -94,8 +96,6 @@ def start(agent: NodeAgent, opts: MigrationOptions, owner: str) -> dict[str, Any
     services = migration_services(agent)
     reasons = check(services, opts)
     if reasons:
-        from corral.migration.orchestrator import PreflightFailed
-
         raise PreflightFailed(reasons)
     record = agent.journal.begin(opts.vm, agent.name, opts.target)
     task = agent.runner.submit(
@@ -183,7 +183,5 @@ def recover(agent: NodeAgent, vm: str) -> dict[str, Any]:
         spec = agent.vms.record(vm).spec
     services = migration_services(agent)
     result = recover_vm(services, vm, latest.target, spec)
-    from corral.migration.journal import MigrationPhase
-
     agent.journal.step(latest.id, MigrationPhase.RECOVERED, str(result["outcome"]))
     return result

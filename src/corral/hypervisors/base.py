@@ -236,6 +236,13 @@ class MigrationDriver(ABC):
         `source` to one with facts `target`; empty when it can."""
 
     @abstractmethod
+    def migration_tls_dir(
+        self, layout: VmLayout, endpoint: str, ca: Path, cert: Path, key: Path
+    ) -> Path:
+        """Lay out the cluster CA and this node's certificate as the hypervisor wants them
+        for `endpoint` ("server" on the destination, "client" on the source)."""
+
+    @abstractmethod
     def migration_listen(
         self, spec: VmSpec, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
     ) -> None:

@@ -9,17 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from corral.client import AgentClient
 from corral.errors import ConflictError, CorralError, HypervisorError, NotFoundError
-from corral.hypervisors.base import MigrationDriver, MigrationStatus, MigrationTuning
-from corral.hypervisors.qemu.migration import tls_dir_for
+from corral.hypervisors.base import MigrationStatus, MigrationTuning
 from corral.migration import policy
-from corral.migration.journal import MigrationJournal, MigrationPhase
+from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.preflight import (
     NodeView,
@@ -27,13 +23,16 @@ from corral.migration.preflight import (
     PreflightReason,
     preflight,
 )
+from corral.migration.recovery import recover_vm
+from corral.migration.services import MigrationServices
+from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
-from corral.vms.service import VmService
 from corral.waiting import wait_for
 
 log = logging.getLogger(__name__)
 DEST_READY_TIMEOUT = 60.0
 DEST_FINISH_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 120.0  # how long to wait for a silent target after switchover
 
 
 class PreflightFailed(ConflictError):
@@ -48,29 +47,6 @@ class PreflightFailed(ConflictError):
 
 class MigrationFailed(CorralError):
     exit_code = 14
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-@dataclass
-class MigrationServices:
-    """What the orchestrator needs from the node, injected (so tests can script it)."""
-
-    node: str
-    vms: VmService
-    driver: MigrationDriver
-    journal: MigrationJournal
-    peer: Callable[[str], AgentClient]
-    target_view: Callable[[str], NodeView | None]
-    local_facts: Callable[[], dict[str, Any]]
-    tls: TlsFiles | None
-    sleep: Callable[[float], None] = time.sleep
-    poll_interval: float = 0.25
 
 
 def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInput:
@@ -122,7 +98,7 @@ class SourceMigration:
         if not self.opts.insecure and self.services.tls is not None and source:
             t = self.services.tls
             layout = self.services.vms.layout(self.vm)
-            tls_dir = tls_dir_for(layout, "client", t.ca, t.cert, t.key)
+            tls_dir = self.services.driver.migration_tls_dir(layout, "client", t.ca, t.cert, t.key)
         return MigrationTuning(
             tls_dir=tls_dir,
             multifd_channels=self.opts.parallel,
@@ -276,19 +252,11 @@ class SourceMigration:
         try:
             outcome = self._dest_outcome()
         except CorralError as exc:
-            # All state has left; the target may run the VM. Never resume the source blindly.
-            self._step(MigrationPhase.FAILED, f"target unreachable after switchover: {exc}")
-            raise MigrationFailed(
-                f"the target did not confirm the VM after switchover ({exc}); the source is"
-                f" paused; run 'corral migrate --recover {self.vm}'"
-            ) from exc
-        if outcome != "succeeded":
-            self._rollback(f"the target's receive task {outcome} after switchover")
-            raise MigrationFailed(
-                f"the target could not run the VM ({outcome}); it runs on"
-                f" {self.services.node} again"
-            )
-        self._handoff()
+            outcome = f"unknown ({exc})"
+        if outcome == "succeeded":
+            self._handoff()
+        else:
+            self._settle(record.spec, outcome)
         total = time.monotonic() - started
         summary = {
             "vm": self.vm,
@@ -311,6 +279,40 @@ class SourceMigration:
             phase="done", done=final.ram_total, total=final.ram_total, unit="bytes", summary=summary
         )
         return summary
+
+    def _settle(self, spec: VmSpec, outcome: str) -> None:
+        """After switchover without a plain success from the target: ask both nodes what
+        runs (never resuming the source unless the target is known not to run the VM),
+        retrying while the target does not answer."""
+        self.ctx.log(f"the target's receive task: {outcome}; asking both nodes what runs")
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+
+        def settled() -> dict[str, Any] | None:
+            found: dict[str, Any] = recover_vm(self.services, self.vm, self.opts.target, spec)
+            if found["where"] == "unknown" and time.monotonic() < deadline:
+                return None
+            return found
+
+        found = wait_for(
+            settled, timeout=SETTLE_TIMEOUT + 30, interval=1.0, what="the target to answer"
+        )
+        self.ctx.log(f"settled: {found['outcome']}")
+        if found["where"] == "target":
+            self._step(
+                MigrationPhase.HANDOFF, f"{self.opts.target} runs {self.vm} ({found['outcome']})"
+            )
+            self._step(MigrationPhase.SUCCEEDED)
+            return
+        if found["where"] == "source":
+            self._step(MigrationPhase.ROLLED_BACK, found["outcome"])
+            raise MigrationFailed(
+                f"the target could not run the VM ({outcome}); it runs on"
+                f" {self.services.node} again"
+            )
+        self._step(MigrationPhase.FAILED, found["outcome"])
+        raise MigrationFailed(
+            f"{found['outcome']}; run 'corral migrate --recover {self.vm}' once both nodes answer"
+        )
 
     def _handoff(self) -> None:
         self._step(MigrationPhase.HANDOFF, f"{self.opts.target} runs {self.vm}")

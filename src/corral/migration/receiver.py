@@ -14,8 +14,7 @@ from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.base import MigrationDriver, MigrationTuning, RunState
-from corral.hypervisors.qemu.migration import tls_dir_for
-from corral.migration.orchestrator import TlsFiles
+from corral.migration.services import TlsFiles
 from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
 from corral.tasks.store import Task
@@ -59,7 +58,7 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         if services.tls is None:
             raise ConflictError("TLS was asked for but this node has no certificate")
         t = services.tls
-        tls_dir = tls_dir_for(layout, "server", t.ca, t.cert, t.key)
+        tls_dir = services.driver.migration_tls_dir(layout, "server", t.ca, t.cert, t.key)
     tuning = MigrationTuning(
         tls_dir=tls_dir,
         multifd_channels=int(ctx.args.get("parallel", 1)),
@@ -89,8 +88,11 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
             ctx.log(f"stopped on the source's request ({exc})")
             raise TaskCancelled() from exc
         raise
-    vms.inventory.add(spec, services.node, RunState.RUNNING.value)
-    vms.inventory.note(spec.name, f"migrated in from {ctx.args.get('source')}")
+    try:
+        vms.inventory.add(spec, services.node, RunState.RUNNING.value)
+        vms.inventory.note(spec.name, f"migrated in from {ctx.args.get('source')}")
+    except ConflictError:
+        pass  # the source's recovery adopted it here first: the same truth
     ctx.progress(phase="running")
     status = vms.status(spec.name)
     return {"state": status.state.value, "pid": status.pid}

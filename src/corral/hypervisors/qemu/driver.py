@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+from pathlib import Path
 from typing import Any
 
 from corral import commands
@@ -285,6 +286,11 @@ class QemuDriver(HypervisorDriver, MigrationDriver):
                 )
             )
         return reasons
+
+    def migration_tls_dir(
+        self, layout: VmLayout, endpoint: str, ca: Path, cert: Path, key: Path
+    ) -> Path:
+        return migration.tls_dir_for(layout, endpoint, ca, cert, key)
 
     def migration_listen(
         self, spec: VmSpec, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
