@@ -7,13 +7,15 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.corral-installed
 
-.PHONY: demo test deps venv image lint typecheck unit integration clean help
+.PHONY: demo test deps venv image lint typecheck unit integration faults clean help
+RUNS ?= 3
 
 help:
 	@echo "make demo   - two-node lab, boot the test guest, ping it, show its counter"
 	@echo "make test   - ruff, mypy --strict and every test (needs root)"
 	@echo "make deps   - install the Debian packages (root)"
 	@echo "make venv   - the virtual environment with corral and its dev tools"
+	@echo "make faults - the fault-injection matrix, RUNS times (3), to bench/results/"
 
 deps:
 	@scripts/install-deps.sh
@@ -47,6 +49,9 @@ integration: deps venv image
 
 test: deps venv image lint typecheck
 	$(BIN)/pytest tests -q
+
+faults: deps venv image
+	$(BIN)/python bench/faults_matrix.py --runs $(RUNS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

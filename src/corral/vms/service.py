@@ -119,16 +119,27 @@ class VmService:
 
     def stop(self, name: str, timeout: float) -> bool:
         """ACPI power-off, forced after `timeout`; True when the guest went by itself."""
-        self.local(name)
+        record = self.local(name)
         graceful = self.driver.shutdown(self.layout(name), timeout)
+        self._release(record)
         how = "powered off" if graceful else f"forced off after {timeout:g}s"
         self.inventory.set_state(name, RunState.STOPPED.value, how)
         return graceful
 
     def kill(self, name: str) -> None:
-        self.local(name)
+        record = self.local(name)
         self.driver.kill(self.layout(name))
+        self._release(record)
         self.inventory.set_state(name, RunState.STOPPED.value, "killed")
+
+    def _release(self, record: VmRecord) -> None:
+        """What a stopped VM no longer needs here: its taps and control sockets (its logs
+        stay). Also run when a VM is found dead, so a crash leaves nothing behind."""
+        try:
+            self.driver.undefine(record.spec, self.layout(record.name), delete_disks=False,
+                                 keep_logs=True)
+        except CorralError as exc:
+            log.warning("cannot release what VM %s held: %s", record.name, exc)
 
     def pause(self, name: str) -> None:
         self._require_state(name, {RunState.RUNNING})
@@ -177,6 +188,8 @@ class VmService:
                     if observed == RunState.STOPPED
                     else f"found {observed.value}"
                 )
+                if observed == RunState.STOPPED:
+                    self._release(record)
                 self.inventory.set_state(record.name, observed.value, reason)
                 changes.append((record.name, record.state, observed.value))
         return changes

@@ -1,0 +1,134 @@
+"""Faults injected into live migrations: whatever fails, the VM runs on exactly one node
+(or, when its only QEMU died, on none, and nothing starts a second copy), its counter never
+goes back, no write is lost, and the records of both nodes agree with what runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from corral.commands import pid_alive, run
+from corral.lab import agents
+from corral.lab.image import GuestImage
+from corral.lab.plan import LabPlan
+from corral.waiting import wait_for
+from tests.faults.scenario import Scenario, report, runtime
+
+pytestmark = [pytest.mark.lab, pytest.mark.qemu]
+
+
+@pytest.fixture
+def scenario(
+    request: pytest.FixtureRequest, lab: LabPlan, guest_image: GuestImage
+) -> Iterator[Scenario]:
+    index = list(request.session.items).index(request.node) % 100
+    s = Scenario(lab, f"f{index}", host=100 + index)
+    s.boot(guest_image)
+    yield s
+    s.cleanup()
+    for node in lab.nodes:  # a killed agent is back for the next scenario
+        agents.start_agent(lab, node)
+
+
+def qemu_pid(s: Scenario, node_index: int) -> int:
+    node = s.lab.nodes[node_index]
+    found = wait_for(
+        lambda: (r := runtime(node, s.vm)) is not None and r["pid"] and r,
+        timeout=30,
+        what=f"a QEMU for {s.vm} on {node.name}",
+    )
+    return int(found["pid"])
+
+
+def kill_agent(s: Scenario, node_index: int) -> None:
+    node = s.lab.nodes[node_index]
+    pid = agents.agent_pid(node)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="the agent to die")
+
+
+def test_kill_9_of_the_destination_qemu_during_transfer(scenario: Scenario) -> None:
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    os.kill(qemu_pid(scenario, 1), signal.SIGKILL)
+    scenario.wait_migration_command()
+    assert scenario.migration is not None
+    assert scenario.migration.returncode == 14
+    outcome = scenario.check()
+    assert outcome["runs_on"] == ["node1"]
+    assert outcome["tcp_survived"]
+    report("destination QEMU killed during transfer", outcome)
+
+
+def test_kill_9_of_the_destination_agent_during_transfer(scenario: Scenario) -> None:
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    kill_agent(scenario, 1)
+    agents.start_agent(scenario.lab, scenario.lab.nodes[1])
+    scenario.wait_migration_command()
+    outcome = scenario.check()
+    assert outcome["tcp_survived"]
+    report("destination agent killed during transfer, restarted", outcome)
+
+
+def test_migration_link_cut_during_transfer_then_restored(scenario: Scenario) -> None:
+    lab = scenario.lab
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    link = ["ip", "-n", lab.fabric_netns, "link", "set", "m-node2"]
+    run([*link, "down"])
+    try:
+        cut = time.monotonic()
+        wait_for(lambda: time.monotonic() - cut > 3, timeout=10, what="the cut to last")
+    finally:
+        run([*link, "up"])
+    scenario.wait_migration_command()
+    outcome = scenario.check()
+    assert outcome["tcp_survived"]
+    report("migration link down 3 s during transfer", outcome)
+
+
+def test_kill_9_of_the_source_agent_during_transfer(scenario: Scenario) -> None:
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    kill_agent(scenario, 0)
+    agents.start_agent(scenario.lab, scenario.lab.nodes[0])
+    scenario.wait_migration_command()
+    outcome = scenario.check()
+    assert outcome["tcp_survived"]
+    report("source agent killed during transfer, restarted", outcome)
+
+
+def test_kill_9_of_the_source_agent_just_after_switchover(scenario: Scenario) -> None:
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+
+    def switched() -> bool:
+        task = scenario.send_task()
+        return bool(task) and task["progress"].get("phase") in ("switchover", "done")
+
+    wait_for(switched, timeout=120, what="the switchover", interval=0.02)
+    kill_agent(scenario, 0)
+    agents.start_agent(scenario.lab, scenario.lab.nodes[0])
+    scenario.wait_migration_command()
+    outcome = scenario.check()
+    assert outcome["runs_on"] == ["node2"]
+    assert outcome["tcp_survived"]
+    report("source agent killed just after switchover, restarted", outcome)
+
+
+def test_kill_9_of_the_source_qemu_during_transfer(scenario: Scenario) -> None:
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    os.kill(qemu_pid(scenario, 0), signal.SIGKILL)
+    scenario.wait_migration_command()
+    assert scenario.migration is not None
+    assert scenario.migration.returncode != 0
+    outcome = scenario.check(lost_allowed=True)
+    assert outcome["runs_on"] == []  # lost with its only QEMU; never started again
+    report("source QEMU killed during transfer (VM lost)", outcome)
