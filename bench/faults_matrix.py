@@ -19,6 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def ended_on(item: dict[str, object]) -> str:
+    nodes = item.get("runs_on")
+    return "+".join(str(n) for n in nodes) if isinstance(nodes, list) and nodes else "none (lost)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -53,14 +58,7 @@ def main() -> int:
         "|---|---|---|---|---|---|",
     ]
     for fault, items in sorted(rows.items()):
-        ends = ", ".join(
-            sorted(
-                {
-                    "+".join(map(str, i["runs_on"])) or "none (lost)"  # type: ignore[call-overload]
-                    for i in items
-                }
-            )
-        )
+        ends = ", ".join(sorted({ended_on(i) for i in items}))
         tcp = sorted({str(i.get("tcp_survived", "-")) for i in items})
         secs = [float(str(i["seconds"])) for i in items]
         lines.append(
