@@ -54,7 +54,8 @@ def main() -> int:
         " tests/faults/scenario.py says (exactly one node runs the VM, no lost write, the"
         " counter never went back, records agree, nothing left behind).",
         "",
-        "| fault | runs | passed | VM ended on | TCP connection survived | seconds (median, min-max) |",
+        "| fault | runs | passed | VM ended on | TCP connection survived"
+        " | seconds (median, min-max) |",
         "|---|---|---|---|---|---|",
     ]
     for fault, items in sorted(rows.items()):
