@@ -124,6 +124,12 @@ class SourceMigration:
             "parallel": self.opts.parallel,
             "postcopy": self.opts.postcopy,
             "timeout_s": timeout_s,
+            # The identities preflight compared: the target checks them again before it
+            # starts anything, in case its storage changed since.
+            "storage": {
+                role: info.get("id")
+                for role, info in self.services.local_facts().get("storage", {}).items()
+            },
         }
         with self.services.peer(self.opts.target) as client:
             task = client.post("/tasks", {"kind": "migration.receive", "args": args})

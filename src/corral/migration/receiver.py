@@ -18,6 +18,7 @@ from corral.migration.services import TlsFiles
 from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
 from corral.tasks.store import Task
+from corral.vms.directories import NodeDirectories
 from corral.vms.service import VmService
 from corral.waiting import WaitTimeout, wait_for
 
@@ -39,6 +40,19 @@ def free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
+def check_storage(dirs: NodeDirectories, expected: dict[str, str | None]) -> None:
+    """:raise ConflictError: a VM directory here no longer carries the identity the source
+    saw at preflight (the storage changed in between)."""
+    here = dirs.describe()
+    for role, identity in expected.items():
+        found = here.get(role, {}).get("id")
+        if identity is not None and found != identity:
+            raise ConflictError(
+                f"the {role} directory ({here.get(role, {}).get('path')}) changed since"
+                f" preflight: the source saw storage {identity}, this node now has {found}"
+            )
+
+
 def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]:
     spec = VmSpec.model_validate(ctx.args["spec"])
     vms = services.vms
@@ -52,6 +66,7 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
     layout = vms.layout(spec.name)
     if vms.status(spec.name).state != RunState.STOPPED:
         raise ConflictError(f"a QEMU for {spec.name} already runs here")
+    check_storage(vms.dirs, ctx.args.get("storage", {}))
     vms.driver.define(spec)
     tls_dir = None
     if ctx.args.get("tls", True):

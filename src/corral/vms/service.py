@@ -136,8 +136,9 @@ class VmService:
         """What a stopped VM no longer needs here: its taps and control sockets (its logs
         stay). Also run when a VM is found dead, so a crash leaves nothing behind."""
         try:
-            self.driver.undefine(record.spec, self.layout(record.name), delete_disks=False,
-                                 keep_logs=True)
+            self.driver.undefine(
+                record.spec, self.layout(record.name), delete_disks=False, keep_logs=True
+            )
         except CorralError as exc:
             log.warning("cannot release what VM %s held: %s", record.name, exc)
 
