@@ -32,5 +32,5 @@ def test_a_directory_whose_identity_changed_is_named(dirs: NodeDirectories) -> N
     ids = {role: info["id"] for role, info in dirs.describe().items()}
     (dirs.system / IDENTITY_FILE).unlink()
     dirs.ensure("node2")  # another storage mounted there: a new identity
-    with pytest.raises(ConflictError, match="the system directory .* changed since preflight"):
+    with pytest.raises(ConflictError, match=r"the system directory .* changed since preflight"):
         check_storage(dirs, ids)
