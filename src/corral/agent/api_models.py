@@ -3,15 +3,26 @@ description shows, and what every request is validated against before anything r
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from corral.cluster.registry import NodeRecord
-from corral.model import NAME_PATTERN
+from corral.model import NAME_PATTERN, VmSpec
 
 TASK_ID_PATTERN = r"^[0-9a-f]{12}$"
 IP_PATTERN = r"^[0-9a-fA-F.:]{2,45}$"
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address") from exc
+
+
+IpAddress = Annotated[str, Field(pattern=IP_PATTERN), AfterValidator(_ip_address)]
 
 
 class Body(BaseModel):
@@ -40,7 +51,7 @@ class JoinCommand(Body):
 
 class MemberModel(Body):
     name: str = Field(pattern=NAME_PATTERN)
-    address: str = Field(pattern=IP_PATTERN)
+    address: IpAddress
     port: int = Field(ge=1, le=65535)
     joined_at: float = Field(ge=0)
 
@@ -55,7 +66,7 @@ class JoinRequest(Body):
     token_id: str = Field(pattern=r"^[0-9a-f]{8}$")
     secret: str = Field(pattern=r"^[A-Za-z0-9_-]{32}$")
     node_name: str = Field(pattern=NAME_PATTERN)
-    address: str = Field(pattern=IP_PATTERN)
+    address: IpAddress
     api_port: int = Field(ge=1, le=65535)
     csr: str = Field(min_length=1, max_length=10_000)
     facts: dict[str, Any] = Field(default_factory=dict)
@@ -88,4 +99,4 @@ class CheckpointCreate(Body):
 
 
 class AdoptRequest(Body):
-    spec: dict[str, Any]
+    spec: VmSpec

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 
 from corral import __version__
 from corral.agent.api_models import (
@@ -52,6 +53,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+    @app.exception_handler(ValidationError)
+    async def invalid_inside(_: Request, exc: ValidationError) -> JSONResponse:
+        # A model built from request data inside a handler: still the caller's mistake.
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        field = _field_of(tuple(first.get("loc", ())))
+        return JSONResponse(
+            {
+                "error": {
+                    "type": "UserInputError",
+                    "field": field,
+                    "message": f"{field}: {first.get('msg')}",
+                }
+            },
+            status_code=422,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,7 +14,7 @@ from corral.agent.node_agent import NodeAgent
 from corral.errors import ConflictError, NotFoundError
 from corral.hypervisors.base import RunState
 from corral.migration.options import MigrationOptions
-from corral.model import NAME_PATTERN, VmSpec
+from corral.model import NAME_PATTERN
 
 VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
 MAX_PROBE = 256 * 1024 * 1024
@@ -92,7 +92,7 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
     @app.post("/v1/runtime/{vm}/adopt", tags=["runtime"])
     def adopt(vm: VmName, body: AdoptRequest) -> dict[str, Any]:
         """Record a VM that runs here without a record (after an interrupted migration)."""
-        spec = VmSpec.model_validate(body.spec)
+        spec = body.spec
         if spec.name != vm or agent.vms.status(vm).state != RunState.RUNNING:
             raise ConflictError(f"{vm} does not run here; nothing to adopt")
         agent.vms.inventory.add(spec, agent.name, RunState.RUNNING.value)
