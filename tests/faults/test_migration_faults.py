@@ -17,6 +17,7 @@ from corral.lab.image import GuestImage
 from corral.lab.plan import LabPlan
 from corral.waiting import wait_for
 from tests.faults.scenario import Scenario, report, runtime
+from tests.integration.vm_helpers import corral_ok
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 
@@ -132,3 +133,18 @@ def test_kill_9_of_the_source_qemu_during_transfer(scenario: Scenario) -> None:
     outcome = scenario.check(lost_allowed=True)
     assert outcome["runs_on"] == []  # lost with its only QEMU; never started again
     report("source QEMU killed during transfer (VM lost)", outcome)
+
+
+def test_the_target_removed_from_the_cluster_mid_migration(scenario: Scenario) -> None:
+    """Last in the module: node2 stays out of the cluster afterwards."""
+    scenario.migrate_in_background()
+    scenario.wait_transfer()
+    corral_ok(scenario.source, "node", "remove", "node2", "--force")
+    scenario.wait_migration_command()
+    assert scenario.migration is not None
+    assert scenario.migration.returncode == 14
+    assert "node2 was removed from the cluster" in scenario.migration.stderr
+    outcome = scenario.check()
+    assert outcome["runs_on"] == ["node1"]
+    assert outcome["tcp_survived"]
+    report("target removed from the cluster during transfer", outcome)

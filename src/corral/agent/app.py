@@ -8,6 +8,8 @@ for another member is forwarded to it over mutual TLS.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
@@ -34,7 +36,7 @@ from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
 from corral.api_errors import error_body, status_for
 from corral.client import NODE_HEADER
-from corral.errors import CorralError
+from corral.errors import CorralError, EnvironmentProblem
 from corral.model import NAME_PATTERN
 from corral.tasks.states import TaskState
 
@@ -53,6 +55,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def state_failed(_: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        problem = EnvironmentProblem(f"this node's state database failed: {exc}")
+        return JSONResponse(error_body(problem), status_code=503)
+
+    @app.exception_handler(OSError)
+    async def disk_failed(_: Request, exc: OSError) -> JSONResponse:
+        if exc.errno != errno.ENOSPC:
+            raise exc
+        problem = EnvironmentProblem(f"no space left on this node: {exc.filename or exc}")
+        return JSONResponse(error_body(problem), status_code=503)
 
     @app.exception_handler(ValidationError)
     async def invalid_inside(_: Request, exc: ValidationError) -> JSONResponse:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from corral.agent.node_agent import NodeAgent
+from corral.client import AgentClient
+from corral.cluster.peer_client import peer_client
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.migration import policy
 from corral.migration.journal import MigrationPhase
@@ -52,7 +55,23 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
         target_view=lambda name: target_view(agent, name),
         local_facts=agent.facts,
         tls=tls_files(agent),
+        is_member=lambda name: is_member(agent, name),
+        pin_peer=lambda name: pin_peer(agent, name),
     )
+
+
+def is_member(agent: NodeAgent, name: str) -> bool:
+    try:
+        agent.registry.get(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+def pin_peer(agent: NodeAgent, name: str) -> Callable[[], AgentClient]:
+    """A factory of clients of `name` at the address it has now."""
+    node = agent.registry.get(name)
+    return lambda: peer_client(agent.pki, node)
 
 
 def receiver_services(agent: NodeAgent) -> ReceiverServices:

@@ -218,6 +218,10 @@ class SourceMigration:
         while True:
             if self.ctx.cancel_requested:
                 raise TaskCancelled()
+            if not self.services.is_member(self.opts.target):
+                raise MigrationFailed(
+                    f"{self.opts.target} was removed from the cluster during the migration"
+                )
             sample = self.services.driver.migration_status(layout)
             if sample.state == "completed":
                 return sample
@@ -239,6 +243,7 @@ class SourceMigration:
         if reasons:
             self._step(MigrationPhase.ROLLED_BACK, "refused by preflight")
             raise PreflightFailed(reasons)
+        self.services = self.services.pinned(self.opts.target)
         record = self.services.vms.local(self.vm)
         ram = record.spec.memory_mib * MIB
         limits = self.opts.limits(ram)

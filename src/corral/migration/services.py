@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,5 +35,20 @@ class MigrationServices:
     target_view: Callable[[str], NodeView | None]
     local_facts: Callable[[], dict[str, Any]]
     tls: TlsFiles | None
+    is_member: Callable[[str], bool] = lambda _name: True
+    pin_peer: Callable[[str], Callable[[], AgentClient]] | None = None
     sleep: Callable[[float], None] = time.sleep
     poll_interval: float = 0.25
+
+    def pinned(self, target: str) -> MigrationServices:
+        """These services with `target` reached at the address it has now, even if it is
+        removed from the cluster meanwhile (so a migration can still cancel on it)."""
+        if self.pin_peer is None:
+            return self
+        reach_target = self.pin_peer(target)
+        others = self.peer
+
+        def peer(name: str) -> AgentClient:
+            return reach_target() if name == target else others(name)
+
+        return replace(self, peer=peer)
