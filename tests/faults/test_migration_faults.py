@@ -5,7 +5,9 @@ goes back, no write is lost, and the records of both nodes agree with what runs.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -133,6 +135,40 @@ def test_kill_9_of_the_source_qemu_during_transfer(scenario: Scenario) -> None:
     outcome = scenario.check(lost_allowed=True)
     assert outcome["runs_on"] == []  # lost with its only QEMU; never started again
     report("source QEMU killed during transfer (VM lost)", outcome)
+
+
+def test_the_destination_state_directory_full(scenario: Scenario) -> None:
+    lab = scenario.lab
+    node2 = lab.nodes[1]
+    small = node2.local_dir / "state-small"
+    filler = small / "filler"
+    agents.stop_agent(node2)
+    small.mkdir(exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", "size=24m", "corral-fault", str(small)])
+    try:
+        shutil.copytree(node2.local_dir / "state", small, dirs_exist_ok=True)
+        agents.start_agent(lab, node2, extra={"state_dir": str(small)})
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True, check=False
+        )  # until the disk is full
+        scenario.migrate_in_background()
+        scenario.wait_migration_command()
+        assert scenario.migration is not None
+        # Refused at preflight (the target cannot answer for its facts) or failed when the
+        # target could not record its task: either way nothing may have moved.
+        assert scenario.migration.returncode in (4, 14), scenario.migration.stderr
+        # A full disk breaks SQLite's WAL for readers too; with space again, the target's
+        # records can be read and checked.
+        filler.unlink()
+        outcome = scenario.check()
+        assert outcome["runs_on"] == ["node1"]
+        assert outcome["tcp_survived"]
+        outcome["error"] = scenario.migration.stderr.strip()[:120]
+        report("destination state directory full", outcome)
+    finally:
+        agents.stop_agent(node2)
+        run(["umount", "-l", str(small)], check=False)
+        agents.start_agent(lab, node2)
 
 
 def test_the_target_removed_from_the_cluster_mid_migration(scenario: Scenario) -> None:
