@@ -1,0 +1,99 @@
+"""bhyve and bhyvectl command lines for a VM spec (FreeBSD). Pure: builds lists of strings.
+
+From bhyve(8) and bhyvectl(8), and the FreeBSD-UPB migration work CBSD's `bmigrate` uses:
+`bhyve -c cpus=N,sockets=S,cores=C,threads=T -m MEM -S -H -w -A -s SLOT,DEVICE,... NAME`,
+the VM's name last; `-S` wires guest memory, which live migration requires; `-r FILE`
+restores a checkpoint; `-R HOST[,PORT]` waits for a migration from HOST (port 24983 by
+default). bhyve reads raw disk images only and boots from UEFI firmware (or bhyveload for
+FreeBSD guests); it cannot load a Linux kernel directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.errors import UserInputError
+from corral.model import VmSpec
+
+BHYVE = "bhyve"
+BHYVECTL = "bhyvectl"
+MIGRATION_PORT = 24983
+UEFI_FIRMWARE = Path("/usr/local/share/uefi-firmware/BHYVE_UEFI.fd")
+FIRST_DEVICE_SLOT = 2  # 0: hostbridge; 31: lpc
+
+
+def check_spec(spec: VmSpec) -> None:
+    """:raise UserInputError: naming what bhyve cannot run."""
+    for i, disk in enumerate(spec.disks):
+        if disk.format != "raw":
+            raise UserInputError(
+                f"disks[{i}].format", "bhyve reads raw images only (convert with qemu-img)"
+            )
+    if spec.boot is not None:
+        raise UserInputError(
+            "boot",
+            "bhyve boots from a disk with UEFI firmware; it cannot"
+            " load a kernel and initrd directly",
+        )
+    if FIRST_DEVICE_SLOT + len(spec.disks) + len(spec.nics) > 30:
+        raise UserInputError("disks", "more devices than bhyve's PCI slots 2..30 hold")
+
+
+def bhyve_argv(
+    spec: VmSpec,
+    *,
+    console: str,
+    firmware: Path = UEFI_FIRMWARE,
+    restore_from: Path | None = None,
+    receive_from: tuple[str, int] | None = None,
+    binary: str = BHYVE,
+) -> list[str]:
+    """The bhyve command that runs `spec`; `restore_from` a checkpoint, or `receive_from`
+    (host, port) a migration. `console` is a file or an nmdm device for com1."""
+    check_spec(spec)
+    topo = spec.cpu.effective_topology
+    argv = [
+        binary,
+        "-c",
+        f"cpus={spec.cpu.count},sockets={topo.sockets},cores={topo.cores},threads={topo.threads}",
+        "-m",
+        f"{spec.memory_mib}M",
+        "-S",
+        "-H",
+        "-w",
+        "-A",
+        "-s",
+        "0,hostbridge",
+    ]
+    slot = FIRST_DEVICE_SLOT
+    for disk in spec.disks:
+        argv += ["-s", f"{slot},virtio-blk,{disk.path}"]
+        slot += 1
+    for nic in spec.nics:
+        argv += ["-s", f"{slot},virtio-net,{nic.tap},mac={nic.mac}"]
+        slot += 1
+    argv += ["-s", "31,lpc", "-l", f"com1,{console}", "-l", f"bootrom,{firmware}"]
+    if restore_from is not None:
+        argv += ["-r", str(restore_from)]
+    if receive_from is not None:
+        host, port = receive_from
+        argv += ["-R", f"{host},{port}"]
+    argv.append(spec.name)
+    return argv
+
+
+def destroy_argv(name: str) -> list[str]:
+    return [BHYVECTL, f"--vm={name}", "--destroy"]
+
+
+def checkpoint_argv(name: str, file: Path, *, suspend: bool) -> list[str]:
+    """Memory in FILE, device and vCPU state in FILE.kern, metadata in FILE.meta."""
+    return [BHYVECTL, f"--vm={name}", f"--{'suspend' if suspend else 'checkpoint'}={file}"]
+
+
+def migrate_argv(
+    name: str, host: str, port: int = MIGRATION_PORT, *, live: bool = True
+) -> list[str]:
+    """Warm (guest paused, then copied) or live (pre-copy in fixed rounds)."""
+    flag = "--migrate-live" if live else "--migrate"
+    return [BHYVECTL, f"--vm={name}", f"{flag}={host},{port}"]

@@ -1,0 +1,88 @@
+"""bhyve command lines for each spec feature: topology, memory, disks, NICs, boot modes,
+checkpoints and migration (the documented flags of bhyve(8) and bhyvectl(8))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.errors import UserInputError
+from corral.hypervisors.bhyve.cmdline import (
+    bhyve_argv,
+    checkpoint_argv,
+    destroy_argv,
+    migrate_argv,
+)
+from corral.model import BootSpec, CpuSpec, CpuTopology, DiskSpec, NicSpec, VmSpec
+
+
+def spec(**changes: object) -> VmSpec:
+    base = VmSpec(
+        name="web1",
+        memory_mib=1024,
+        cpu=CpuSpec(count=4, topology=CpuTopology(sockets=2, cores=2, threads=1)),
+        disks=(DiskSpec(path=Path("/vm/web1/disk0.img"), format="raw"),),
+        nics=(NicSpec(bridge="bridge0", mac="52:54:00:00:00:07", tap="tap7"),),
+    )
+    return base.model_copy(update=changes)
+
+
+def test_topology_memory_and_wired_memory() -> None:
+    argv = bhyve_argv(spec(), console="/vm/web1/console.log")
+    assert argv[:5] == ["bhyve", "-c", "cpus=4,sockets=2,cores=2,threads=1", "-m", "1024M"]
+    assert {"-S", "-H", "-w", "-A"} <= set(argv)  # -S: wired memory, needed to migrate
+    assert argv[-1] == "web1"  # the name comes last
+
+
+def test_devices_take_slots_in_order_after_the_hostbridge() -> None:
+    argv = bhyve_argv(spec(), console="/dev/nmdm0A")
+    slots = [argv[i + 1] for i, a in enumerate(argv) if a == "-s"]
+    assert slots == [
+        "0,hostbridge",
+        "2,virtio-blk,/vm/web1/disk0.img",
+        "3,virtio-net,tap7,mac=52:54:00:00:00:07",
+        "31,lpc",
+    ]
+    lpc = [argv[i + 1] for i, a in enumerate(argv) if a == "-l"]
+    assert lpc[0] == "com1,/dev/nmdm0A"
+    assert lpc[1].startswith("bootrom,")
+
+
+def test_restore_and_receive() -> None:
+    restored = bhyve_argv(spec(), console="c", restore_from=Path("/ck/web1"))
+    assert restored[restored.index("-r") + 1] == "/ck/web1"
+    receiving = bhyve_argv(spec(), console="c", receive_from=("127.0.0.1", 24983))
+    assert receiving[receiving.index("-R") + 1] == "127.0.0.1,24983"
+    assert receiving[-1] == "web1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"disks": (DiskSpec(path=Path("/vm/d.qcow2")),)}, "disks[0].format"),
+        ({"boot": BootSpec(kernel=Path("/boot/vmlinuz"))}, "boot"),
+    ],
+)
+def test_what_bhyve_cannot_run_is_refused_with_the_field(
+    changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises(UserInputError) as info:
+        bhyve_argv(spec(**changes), console="c")
+    assert info.value.field == field
+
+
+def test_bhyvectl_commands() -> None:
+    assert destroy_argv("web1") == ["bhyvectl", "--vm=web1", "--destroy"]
+    assert checkpoint_argv("web1", Path("/ck/a"), suspend=False) == [
+        "bhyvectl",
+        "--vm=web1",
+        "--checkpoint=/ck/a",
+    ]
+    assert checkpoint_argv("web1", Path("/ck/a"), suspend=True)[-1] == "--suspend=/ck/a"
+    assert migrate_argv("web1", "10.0.0.2") == [
+        "bhyvectl",
+        "--vm=web1",
+        "--migrate-live=10.0.0.2,24983",
+    ]
+    assert migrate_argv("web1", "10.0.0.2", 4000, live=False)[-1] == "--migrate=10.0.0.2,4000"
