@@ -22,23 +22,17 @@ import pytest
 from corral.cluster.pki import ClusterCA, PkiPaths, make_key_and_csr
 from corral.commands import pid_alive
 from corral.lab import agents, netns
-from corral.lab.lifecycle import lab_down, lab_up
-from corral.lab.plan import LabConfig, LabNode, LabPlan
+from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import wait_for
+from tests.lab_cluster import running_cluster
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
-    root = tmp_path_factory.mktemp("cluster") / "lab"
-    plan = lab_up(LabConfig(nodes=3, prefix="cclus", root=root))
-    try:
-        agents.form_cluster(plan)
+    with running_cluster(tmp_path_factory, "cclus", 3) as plan:
         yield plan
-    finally:
-        lab_down(root)
-    assert not set(plan.namespaces) & netns.existing_namespaces()
 
 
 def corral(node: LabNode, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,7 @@ import pytest
 from corral.commands import run
 from corral.lab import agents, netns
 from corral.lab.image import GuestImage
-from corral.lab.lifecycle import lab_down, lab_up
-from corral.lab.plan import LabConfig, LabNode, LabPlan
+from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import wait_for
 from tests.integration.migration_helpers import CounterClient, PingMeter, migrate
 from tests.integration.vm_helpers import (
@@ -28,20 +27,15 @@ from tests.integration.vm_helpers import (
     counters,
     guest_args,
 )
+from tests.lab_cluster import running_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
-    root = tmp_path_factory.mktemp("migration") / "lab"
-    plan = lab_up(LabConfig(nodes=3, prefix="cmig", root=root))
-    try:
-        agents.form_cluster(plan)
+    with running_cluster(tmp_path_factory, "cmig", 3) as plan:
         yield plan
-    finally:
-        lab_down(root)
-    assert not set(plan.namespaces) & netns.existing_namespaces()
 
 
 def boot(

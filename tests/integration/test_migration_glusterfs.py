@@ -8,29 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from corral.lab import agents, netns
 from corral.lab.image import GuestImage
-from corral.lab.lifecycle import lab_down, lab_up
-from corral.lab.plan import LabConfig, LabPlan
+from corral.lab.plan import LabPlan
 from corral.storage.filesystem import mount_of
 from corral.waiting import wait_for
 from tests.integration.migration_helpers import CounterClient, migrate
 from tests.integration.vm_helpers import console_lines, corral_json, corral_ok, guest_args
+from tests.lab_cluster import running_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
-    root = tmp_path_factory.mktemp("gluster") / "lab"
-    plan = lab_up(LabConfig(nodes=2, prefix="cgfs", root=root, storage="glusterfs"))
-    try:
-        agents.form_cluster(plan)
+    with running_cluster(tmp_path_factory, "cgfs", 2, storage="glusterfs") as plan:
         yield plan
-    finally:
-        lab_down(root)
-    assert not set(plan.namespaces) & netns.existing_namespaces()
-    assert mount_of(plan.shared_dir).fstype != "fuse.glusterfs"
 
 
 def test_every_node_reports_its_vm_directories_on_glusterfs(lab: LabPlan) -> None:

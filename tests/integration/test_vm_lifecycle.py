@@ -16,8 +16,7 @@ from corral.commands import pid_alive, run
 from corral.lab import agents, netns
 from corral.lab.guest import Counter
 from corral.lab.image import GuestImage
-from corral.lab.lifecycle import lab_down, lab_up
-from corral.lab.plan import LabConfig, LabPlan
+from corral.lab.plan import LabPlan
 from corral.waiting import wait_for
 from tests.integration.vm_helpers import (
     console_lines,
@@ -28,6 +27,7 @@ from tests.integration.vm_helpers import (
     guest_args,
     last_counter,
 )
+from tests.lab_cluster import running_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 IP = "10.211.0.31"
@@ -35,14 +35,8 @@ IP = "10.211.0.31"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
-    root = tmp_path_factory.mktemp("vms") / "lab"
-    plan = lab_up(LabConfig(nodes=2, prefix="cvm", root=root))
-    try:
-        agents.form_cluster(plan)
+    with running_cluster(tmp_path_factory, "cvm", 2) as plan:
         yield plan
-    finally:
-        lab_down(root)
-    assert not set(plan.namespaces) & netns.existing_namespaces()
 
 
 @pytest.fixture(scope="module")

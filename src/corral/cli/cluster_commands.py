@@ -93,19 +93,15 @@ def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
         print_json(nodes)
         return
     table = Table()
-    for column in (
-        "name",
-        "address",
-        "state",
-        "last seen",
-        "arch",
-        "CPU",
-        "hypervisor",
-        "memory free/total",
-        "VM storage",
-        "VMs",
-    ):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("address", no_wrap=True)
+    table.add_column("state (seen)", no_wrap=True)
+    table.add_column("arch")
+    table.add_column("CPU", max_width=22, overflow="ellipsis", no_wrap=True)
+    table.add_column("hypervisor")
+    table.add_column("memory free/total")
+    table.add_column("VM storage")
+    table.add_column("VMs", justify="right")
     for n in nodes:
         f = n["facts"]
         state = "[green]online[/]" if n["online"] else "[red]offline[/]"
@@ -114,12 +110,11 @@ def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
         table.add_row(
             n["name"] + (" *" if n.get("self") else ""),
             f"{n['address']}:{n['port']}",
-            state,
-            ago(n["last_seen"]),
+            f"{state} ({ago(n['last_seen'])})",
             f.get("arch", "?"),
             f"{f.get('cpu_vendor', '?')} {f.get('cpu_model', '')}".strip(),
             f"{f.get('hypervisor', '?')} {f.get('hypervisor_version', '')}"
-            f" ({f.get('accelerator', '?')})",
+            f" {f.get('accelerator', '?')}",
             f"{mib(f.get('memory_free_mib'))} / {mib(f.get('memory_total_mib'))}",
             storage_text(f.get("storage", {})),
             str(f.get("vm_count", "?")),
