@@ -6,18 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral.lab import agents, netns
-from corral.lab.lifecycle import lab_down, lab_up
-from corral.lab.plan import LabConfig, LabPlan
+from corral.lab.plan import LabPlan
+from tests.lab_cluster import running_cluster
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
-    root = tmp_path_factory.mktemp("faults") / "lab"
-    plan = lab_up(LabConfig(nodes=2, prefix="cflt", root=root))
-    try:
-        agents.form_cluster(plan)
+    with running_cluster(tmp_path_factory, "cflt", 2) as plan:
         yield plan
-    finally:
-        lab_down(root)
-    assert not set(plan.namespaces) & netns.existing_namespaces()
