@@ -328,3 +328,41 @@ def test_preflight_refuses_with_every_reason(lab: LabPlan, guest_image: GuestIma
         corral_ok(node1, "vm", "kill", vm)
         corral_ok(node1, "vm", "delete", vm)
     assert where_it_runs(lab, "idle") == ["node1"]  # nothing moved
+
+
+def test_post_copy_finishes_a_guest_that_would_not_converge(
+    lab: LabPlan, guest_image: GuestImage
+) -> None:
+    node1, node2, _ = lab.nodes
+    boot(lab, guest_image, "pc", 46, dirty_mib=64)
+    wait_for(
+        lambda: any("DIRTYING" in ln for ln in console_lines(node1, "pc")),
+        timeout=60,
+        what="the dirtier",
+    )
+    code, lines, err = migrate(
+        node1,
+        "pc",
+        "node2",
+        "--bandwidth",
+        "16",
+        "--postcopy",
+        "--no-auto-converge",
+        "--timeout",
+        "8",
+        "--on-timeout",
+        "force",
+    )
+    assert code == 0, err
+    actions = lines[-1]["policy_actions"]
+    assert any(a.startswith("switched to post-copy") for a in actions), actions
+    assert where_it_runs(lab, "pc") == ["node2"]
+    before = counters(console_lines(node2, "pc"))
+    wait_for(
+        lambda: counters(console_lines(node2, "pc"))[-1].seq > before[-1].seq + 3,
+        timeout=30,
+        what="the guest to run on node2",
+    )
+    assert not [ln for ln in console_lines(node2, "pc") if ln.startswith("DISKERR")]
+    corral_ok(node2, "vm", "kill", "pc")
+    corral_ok(node2, "vm", "delete", "pc")
