@@ -6,7 +6,6 @@ Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tempfile
@@ -18,12 +17,6 @@ from corral.hypervisors.base import HostFacts
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY
 from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.waiting import wait_for
-
-
-def parse_qemu_version(text: str) -> str:
-    """ "7.2.22" from `qemu-system-x86_64 --version` output; "" when absent."""
-    match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", text)
-    return match.group(1) if match else ""
 
 
 @dataclass(frozen=True)
