@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from corral import commands, config
+from corral import config
 from corral.cli.follow import TaskEnded, follow_task
 from corral.cli.migrate_command import follow_migration, print_migration_summary
 from corral.cli.output import console
@@ -139,9 +139,12 @@ def _guest_steps(plan: LabPlan, image: GuestImage, report: DemoReport) -> None:
                 what="the guest to boot",
             )
         report.add("guest booted", f"{time.monotonic() - t0:.1f} s on node1, {address.ip}")
-        guest = LabGuestView(plan, str(address.ip))
         with console.status("waiting for the guest to answer ping"):
-            wait_for(guest.ping, timeout=60, what="the guest to answer ping")
+            wait_for(
+                lambda: netns.pings(plan.client_netns, str(address.ip)),
+                timeout=60,
+                what="the guest to answer ping",
+            )
         report.add("first ping", f"{time.monotonic() - t0:.1f} s after create")
         stream = CounterClient.connect(plan, str(address.ip))
         wait_for(lambda: len(stream.counters) >= 3, timeout=30, what="the counter stream")
@@ -168,17 +171,3 @@ def _guest_steps(plan: LabPlan, image: GuestImage, report: DemoReport) -> None:
         )
         stream.close()
         client.post("/vms/demo-vm/kill")
-
-
-@dataclass(frozen=True)
-class LabGuestView:
-    """The guest as the lab's client namespace sees it."""
-
-    plan: LabPlan
-    address: str
-
-    def ping(self) -> bool:
-        argv = netns.in_netns(
-            self.plan.client_netns, ["ping", "-n", "-q", "-c", "1", "-W", "1", self.address]
-        )
-        return commands.run(argv, check=False).returncode == 0

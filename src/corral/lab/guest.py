@@ -139,23 +139,7 @@ class LabGuest:
 
     def ping_from_client(self, count: int = 1, timeout_s: int = 2) -> bool:
         """True when the guest answers `count` pings sent from the client namespace."""
-        proc = commands.run(
-            netns.in_netns(
-                self.plan.client_netns,
-                [
-                    "ping",
-                    "-n",
-                    "-q",
-                    "-c",
-                    str(count),
-                    "-W",
-                    str(timeout_s),
-                    str(self.address.ip),
-                ],
-            ),
-            check=False,
-        )
-        return proc.returncode == 0
+        return netns.pings(self.plan.client_netns, str(self.address.ip), count, timeout_s)
 
     def connect_counter(self, timeout: float = 5.0) -> socket.socket:
         """A TCP connection from the client namespace to the guest's counter stream."""

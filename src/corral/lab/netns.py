@@ -36,6 +36,12 @@ def in_netns(netns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
+def pings(netns: str, address: str, count: int = 1, timeout_s: int = 2) -> bool:
+    """True when `address` answers `count` pings sent from inside `netns`."""
+    argv = in_netns(netns, ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), address])
+    return commands.run(argv, check=False).returncode == 0
+
+
 def pids_in(netns: str) -> list[int]:
     """The PIDs of processes whose network namespace is `netns`."""
     proc = commands.run(["ip", "netns", "pids", netns], check=False)
