@@ -4,12 +4,15 @@ goes back, no write is lost, and the records of both nodes agree with what runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from corral.commands import pid_alive, run
 from corral.lab import agents
 from corral.lab.image import GuestImage
 from corral.lab.plan import LabPlan
+from corral.storage.identity import IDENTITY_FILE
 from corral.waiting import wait_for
 from tests.faults.scenario import Scenario, report, runtime
 from tests.integration.vm_helpers import corral_ok
@@ -113,7 +117,7 @@ def test_kill_9_of_the_source_agent_just_after_switchover(scenario: Scenario) ->
 
     def switched() -> bool:
         task = scenario.send_task()
-        return bool(task) and task["progress"].get("phase") in ("switchover", "done")
+        return task is not None and task["progress"].get("phase") in ("switchover", "done")
 
     wait_for(switched, timeout=120, what="the switchover", interval=0.02)
     kill_agent(scenario, 0)
@@ -169,6 +173,50 @@ def test_the_destination_state_directory_full(scenario: Scenario) -> None:
         agents.stop_agent(node2)
         run(["umount", "-l", str(small)], check=False)
         agents.start_agent(lab, node2)
+
+
+def test_a_storage_identity_that_changes_between_preflight_and_transfer(
+    scenario: Scenario,
+) -> None:
+    """The window is opened without any hook in the product: node2's task workers are kept
+    busy, so the receive task the source creates waits in node2's queue after preflight.
+    Meanwhile the shared data directory is re-initialised (a new storage identity, as when
+    another export gets mounted at the same path); then the workers are freed."""
+    target = scenario.target
+    with agents.client(target, timeout=10) as c:
+        data_dir = Path(c.get("/facts")["storage"]["data"]["path"])
+        busy = [
+            c.post("/tasks", {"kind": "sleep", "args": {"seconds": 120, "steps": 1200}})["id"]
+            for _ in range(2)  # the lab's max_parallel_tasks
+        ]
+    identity_file = data_dir / IDENTITY_FILE
+    original = identity_file.read_text()
+    try:
+        scenario.migrate_in_background()
+
+        def queued_receive() -> bool:
+            with agents.client(target, timeout=5) as c:
+                return any(
+                    t["kind"] == "migration.receive" and t["state"] == "queued"
+                    for t in c.get("/tasks")
+                )
+
+        wait_for(queued_receive, timeout=60, what="the receive task to wait in node2's queue")
+        changed = json.loads(original) | {"id": uuid.uuid4().hex}
+        identity_file.write_text(json.dumps(changed) + "\n")
+        with agents.client(target, timeout=10) as c:
+            for task_id in busy:
+                c.post(f"/tasks/{task_id}/cancel", {})
+        scenario.wait_migration_command()
+    finally:
+        identity_file.write_text(original)
+    assert scenario.migration is not None
+    assert scenario.migration.returncode == 14, scenario.migration.stderr
+    assert "changed since preflight" in scenario.migration.stderr
+    outcome = scenario.check()
+    assert outcome["runs_on"] == ["node1"]
+    assert outcome["tcp_survived"]
+    report("storage identity changed between preflight and transfer", outcome)
 
 
 def test_the_target_removed_from_the_cluster_mid_migration(scenario: Scenario) -> None:

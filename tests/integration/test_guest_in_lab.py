@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.lab import netns
-from corral.lab.guest import LabGuest, parse_counter
+from corral.lab.guest import Counter, LabGuest, parse_counter
 from corral.lab.image import GuestImage
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig
@@ -62,11 +62,12 @@ def test_counter_stream_over_tcp_advances(guest: LabGuest) -> None:
 
 def test_console_counter_advances(guest: LabGuest) -> None:
     first = wait_for(guest.last_counter, timeout=30, what="a counter line")
-    later = wait_for(
-        lambda: (c := guest.last_counter()) is not None and c.seq > first.seq + 3 and c,
-        timeout=30,
-        what="the counter to advance",
-    )
+
+    def advanced() -> Counter | None:
+        c = guest.last_counter()
+        return c if c is not None and c.seq > first.seq + 3 else None
+
+    later = wait_for(advanced, timeout=30, what="the counter to advance")
     assert later.uptime > first.uptime
 
 

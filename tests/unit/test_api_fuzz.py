@@ -60,7 +60,9 @@ def runner() -> Iterator[None]:
 
 @schema.exclude(path_regex="|".join(REACHES_OTHER_HOSTS)).parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_5xx_and_no_change_from_a_refused_request(case: schemathesis.Case) -> None:
+def test_no_5xx_and_no_change_from_a_refused_request(
+    case: schemathesis.Case,  # type: ignore[type-arg]
+) -> None:
     before = state_of(AGENT)
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, response.text[:300])

@@ -39,7 +39,7 @@ def sample(
 
 
 def run(limits: PolicyLimits, samples: list[MigrationStatus]) -> tuple[PolicyState, list[object]]:
-    state, taken = initial_state(limits), []
+    state, taken = initial_state(limits), list[object]()
     for s in samples:
         state, actions = decide(state, s, limits)
         taken += actions

@@ -79,11 +79,11 @@ def runner(store: TaskStore, gate: Gate) -> Iterator[TaskRunner]:
 
 
 def wait_state(store: TaskStore, task_id: str, state: TaskState) -> Task:
-    return wait_for(
-        lambda: (t := store.get(task_id)).state == state and t,
-        timeout=10,
-        what=f"task {task_id} to be {state}",
-    )
+    def reached() -> Task | None:
+        task = store.get(task_id)
+        return task if task.state == state else None
+
+    return wait_for(reached, timeout=10, what=f"task {task_id} to be {state}")
 
 
 def test_runs_at_most_k_tasks_at_once(runner: TaskRunner, store: TaskStore, gate: Gate) -> None:
