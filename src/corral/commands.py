@@ -5,6 +5,7 @@ Must never import anything else of corral but errors.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -53,6 +54,14 @@ def pid_alive(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as handle:
             stat = handle.read()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        if os.path.isdir("/proc/self"):
+            return False
+        try:  # no procfs (FreeBSD): signal 0 says whether it exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     # The state follows the command name, which is in parentheses and may hold spaces.
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -30,6 +30,7 @@ from corral.hypervisors.qemu import checkpoints, migration, process
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
+from corral.hypervisors.tls_files import tls_dir_for
 from corral.model import VmSpec
 from corral.waiting import WaitTimeout, wait_for
 
@@ -290,7 +291,7 @@ class QemuDriver(HypervisorDriver, MigrationDriver):
     def migration_tls_dir(
         self, layout: VmLayout, endpoint: str, ca: Path, cert: Path, key: Path
     ) -> Path:
-        return migration.tls_dir_for(layout, endpoint, ca, cert, key)
+        return tls_dir_for(layout, endpoint, ca, cert, key)
 
     def migration_listen(
         self, spec: VmSpec, layout: VmLayout, address: str, port: int, tuning: MigrationTuning

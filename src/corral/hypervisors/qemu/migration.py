@@ -7,8 +7,6 @@ certificates through a `tls-creds-x509` object unless the caller opts out.
 from __future__ import annotations
 
 import contextlib
-import shutil
-from pathlib import Path
 from typing import Any
 
 from corral.errors import HypervisorError
@@ -18,18 +16,6 @@ from corral.waiting import wait_for
 
 TLS_OBJECT = "corral-tls"
 UNLIMITED = 64 * 1024**3  # QEMU has no "unlimited"; 64 GiB/s is beyond any link
-
-
-def tls_dir_for(layout: VmLayout, endpoint: str, ca: Path, cert: Path, key: Path) -> Path:
-    """A directory with the file names QEMU's tls-creds-x509 expects for `endpoint`."""
-    folder = layout.runtime_dir / f"tls-{endpoint}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, mode=0o700)
-    shutil.copyfile(ca, folder / "ca-cert.pem")
-    shutil.copyfile(cert, folder / f"{endpoint}-cert.pem")
-    shutil.copyfile(key, folder / f"{endpoint}-key.pem")
-    (folder / f"{endpoint}-key.pem").chmod(0o600)
-    return folder
 
 
 def _capabilities(session: QmpSession, tuning: MigrationTuning, source: bool) -> None:

@@ -1,0 +1,132 @@
+"""A bhyve VM's runtime directory: the supervisor and bhyve PIDs, the markers the supervisor
+reads, the migration tunnel's status, and starting the detached helpers (supervisor, relay)
+so they outlive an agent restart.
+
+Files: supervisor.pid, vm.pid (bhyve), exit.json (how it last ended), vm.json (what runs:
+name, memory), departing / suspending (markers), send.json / receive.json (tunnel status),
+console.log, hypervisor.log.
+
+Must never import: agent, cli, migration, cluster, tasks, storage, lab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from corral.commands import pid_alive
+from corral.hypervisors.base import VmLayout
+from corral.waiting import WaitTimeout, wait_for
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> str:
+    """The command line of `pid` ("" if gone): /proc on Linux, ps(1) elsewhere."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        if sys.platform.startswith("linux"):
+            return ""
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip()
+
+
+def stopped(pid: int) -> bool:
+    """True when `pid` is stopped by a signal (SIGSTOP: the VM is paused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except FileNotFoundError:
+        out = subprocess.run(
+            ["ps", "-o", "state=", "-p", str(pid)], capture_output=True, text=True, check=False
+        )
+        return out.stdout.strip().startswith("T")
+
+
+class Runtime:
+    def __init__(self, layout: VmLayout) -> None:
+        self.layout = layout
+        self.dir = layout.runtime_dir
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def _pid(self, name: str, marker: str) -> int | None:
+        """The PID in `name` if it runs and its command line contains `marker`."""
+        try:
+            pid = int(self.path(name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) and marker in cmdline(pid) else None
+
+    def supervisor_pid(self) -> int | None:
+        return self._pid("supervisor.pid", str(self.dir))
+
+    def bhyve_pid(self, vm: str) -> int | None:
+        return self._pid("vm.pid", vm)
+
+    def relay_pid(self, side: str) -> int | None:
+        return self._pid(f"{side}.pid", str(self.path(f"{side}.json")))
+
+    def vm(self) -> dict[str, Any]:
+        return read_json(self.path("vm.json")) or {}
+
+    def mark(self, name: str, text: str = "") -> None:
+        self.path(name).write_text(text)
+
+    def unmark(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def marked(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def spawn(self, module: str, args: list[str], pid_file: str) -> subprocess.Popen[bytes]:
+        """Start `python -m module args` in its own session, logging to hypervisor.log."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.path("hypervisor.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.path(pid_file).write_text(f"{proc.pid}\n")
+        return proc
+
+    def clean(self) -> None:
+        """Remove what a stopped VM leaves (logs stay)."""
+        for name in (
+            "supervisor.pid", "vm.pid", "departing", "suspending", "incoming",
+            "send.json", "receive.json", "send.pid", "receive.pid",
+        ):  # fmt: skip
+            self.unmark(name)
+
+
+def terminate(pid: int, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Send `sig`, then SIGKILL after `timeout`; True if it went on the first signal."""
+    for signum, wait in ((sig, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return signum == sig
+        try:
+            wait_for(lambda: not pid_alive(pid), timeout=wait, what=f"process {pid} to exit")
+            return signum == sig
+        except WaitTimeout:
+            continue
+    return False

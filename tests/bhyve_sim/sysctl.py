@@ -1,0 +1,25 @@
+"""sysctl(8) for a simulated host: `sysctl [-n] NAME...` from etc/bhyve-sim.json."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.bhyve_sim.host import SimHost
+
+
+def main(argv: list[str], root: str) -> int:
+    values = SimHost(Path(root)).config()["sysctl"]
+    bare = bool(argv) and argv[0] == "-n"
+    names = argv[1:] if bare else argv
+    if not names or any(n.startswith("-") for n in names):
+        print("usage: sysctl [-n] name ...", file=sys.stderr)
+        return 1
+    status = 0
+    for name in names:
+        if name not in values:
+            print(f"sysctl: unknown oid '{name}'", file=sys.stderr)
+            status = 1
+            continue
+        print(values[name] if bare else f"{name}: {values[name]}")
+    return status
