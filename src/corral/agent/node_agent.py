@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from corral.cluster.tokens import JoinRefused, consume_token, issue_token, parse
 from corral.database import Database
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors import host_network
+from corral.hypervisors.bhyve.driver import BhyveDriver
+from corral.hypervisors.bhyve.host import BhyveHost
 from corral.hypervisors.qemu.accelerator import resolve_accelerator
 from corral.hypervisors.qemu.driver import QemuDriver
 from corral.migration.journal import MigrationJournal
@@ -38,6 +41,18 @@ from corral.vms.service import VmService
 log = logging.getLogger(__name__)
 
 
+def choose_driver(settings: AgentSettings) -> QemuDriver | BhyveDriver:
+    """The hypervisor the settings name; `auto` picks bhyve on FreeBSD and QEMU elsewhere."""
+    kind = settings.hypervisor
+    if kind == "auto":
+        kind = "bhyve" if sys.platform.startswith("freebsd") else "qemu"
+    if kind == "bhyve":
+        return BhyveDriver(BhyveHost(settings.bhyve_root))
+    return QemuDriver(
+        resolve_accelerator(settings.accelerator), allowed_cpu_models=settings.cpu_models
+    )
+
+
 class NodeAgent:
     """Everything one node's agent owns."""
 
@@ -45,16 +60,14 @@ class NodeAgent:
         self,
         settings: AgentSettings,
         kinds: Callable[[NodeAgent], dict[str, TaskKind]],
-        driver: QemuDriver | None = None,
+        driver: QemuDriver | BhyveDriver | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.db = Database(settings.database_path)
         self.dirs = settings.directories
         self.dirs.ensure(self.name)
-        self.driver = driver or QemuDriver(
-            resolve_accelerator(settings.accelerator), allowed_cpu_models=settings.cpu_models
-        )
+        self.driver = driver or choose_driver(settings)
         self.vms = VmService(self.name, VmInventory(self.db), self.driver, self.dirs)
         self.tasks = TaskStore(self.db, settings.task_log_dir)
         self.journal = MigrationJournal(self.db)

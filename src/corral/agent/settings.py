@@ -12,6 +12,8 @@ Example `/etc/corral/agent.toml` (every key optional)::
     data_dir = "/var/lib/corral/storage/data"      # VM disks (may be shared storage)
     config_dir = "/var/lib/corral/storage/config"  # VM specs (may be shared storage)
     system_dir = "/var/lib/corral/storage/system"  # checkpoints (may be shared storage)
+    hypervisor = "auto"          # qemu, bhyve, or auto: bhyve on FreeBSD, QEMU elsewhere
+    bhyve_root = "/"             # where bhyve's tools and /dev/vmm are (a simulator in tests)
     accelerator = "auto"         # kvm, tcg, or auto: kvm when QEMU can use it here
     cpu_models = ["qemu64", "Westmere"]  # offer only these CPU models (default: all QEMU can)
     run_dir = "/run/corral"      # unix socket, VM runtime files
@@ -56,6 +58,8 @@ class AgentSettings(BaseModel):
     data_dir: Path | None = None
     config_dir: Path | None = None
     system_dir: Path | None = None
+    hypervisor: str = Field("auto", pattern=r"^(auto|qemu|bhyve)$")
+    bhyve_root: Path = Path("/")
     accelerator: str = Field("auto", pattern=r"^(auto|kvm|tcg)$")
     cpu_models: tuple[str, ...] | None = None
     max_parallel_tasks: int = Field(2, ge=1, le=64)

@@ -33,6 +33,10 @@ def agent_command(
     state_dir: Annotated[Path | None, typer.Option(help="[/var/lib/corral]")] = None,
     storage_dir: Annotated[Path | None, typer.Option(help="[/var/lib/corral/storage]")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="[/run/corral]")] = None,
+    hypervisor: Annotated[
+        str | None,
+        typer.Option(help="qemu, bhyve, or auto: bhyve on FreeBSD, QEMU elsewhere [auto]."),
+    ] = None,
     max_parallel_tasks: Annotated[int | None, typer.Option(help="Tasks run at once [2].")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds [2].")] = None,
     offline_after: Annotated[float | None, typer.Option(help="Seconds [10].")] = None,
@@ -51,6 +55,7 @@ def agent_command(
             "state_dir": state_dir,
             "storage_dir": storage_dir,
             "run_dir": run_dir,
+            "hypervisor": hypervisor,
             "max_parallel_tasks": max_parallel_tasks,
             "heartbeat_interval": heartbeat_interval,
             "offline_after": offline_after,

@@ -97,9 +97,16 @@ def print_migration_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"{result['vm']}: {result['source']} -> {result['target']}")
     table.add_column("measure")
     table.add_column("value")
+    hv = {"qemu": "QEMU", "bhyve": "bhyve"}.get(str(result.get("hypervisor")), "QEMU")
+    downtime = result["downtime_ms"]
     rows = [
-        ("total time", f"{result['total_s']:.2f} s (QEMU {result['qemu_total_ms']} ms)"),
-        ("downtime", f"{result['downtime_ms']} ms (reported by QEMU)"),
+        ("total time", f"{result['total_s']:.2f} s ({hv} {result['qemu_total_ms']} ms)"),
+        (
+            "downtime",
+            f"{downtime} ms (reported by {hv})"
+            if downtime is not None
+            else f"not reported by {hv}",
+        ),
         ("sent", f"{_size(result['bytes_sent'])} of {_size(result['ram_total'])} RAM"),
         ("iterations", str(result["iterations"])),
         ("throughput", f"{result['throughput_mbps']} Mbit/s"),

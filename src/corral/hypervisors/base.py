@@ -225,8 +225,29 @@ class MigrationStatus:
         return asdict(self)
 
 
+ALL_MIGRATION_FEATURES = frozenset(
+    {"downtime-limit", "auto-converge", "postcopy", "multifd", "force"}
+)
+
+
 class MigrationDriver(ABC):
     """The migration primitives of a driver, each run on its named side."""
+
+    # What the hypervisor's migration can do beyond sending the VM: a raisable downtime
+    # limit, auto-converge, post-copy, parallel streams, forcing completion.
+    migration_features: frozenset[str] = ALL_MIGRATION_FEATURES
+
+    def option_refusals(self, *, postcopy: bool, channels: int) -> list[tuple[str, str]]:
+        """(code, message) for each asked-for option this hypervisor cannot do."""
+        who = getattr(self, "name", "this hypervisor")
+        reasons = []
+        if postcopy and "postcopy" not in self.migration_features:
+            reasons.append(("postcopy", f"{who} has no post-copy migration"))
+        if channels > 1 and "multifd" not in self.migration_features:
+            reasons.append(
+                ("parallel", f"{who} migrates over one stream; --parallel {channels} refused")
+            )
+        return reasons
 
     @abstractmethod
     def compatible(

@@ -70,7 +70,9 @@ def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInpu
 
 
 def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
-    return preflight(gather(services, opts), services.driver.compatible)
+    reasons = preflight(gather(services, opts), services.driver.compatible)
+    refused = services.driver.option_refusals(postcopy=opts.postcopy, channels=opts.parallel)
+    return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
 
 
 @dataclass
@@ -88,6 +90,10 @@ class SourceMigration:
     @property
     def vm(self) -> str:
         return self.opts.vm
+
+    @property
+    def _hypervisor(self) -> str:
+        return str(getattr(self.services.driver, "name", "the hypervisor"))
 
     def _step(self, phase: MigrationPhase, detail: str = "") -> None:
         self.services.journal.step(self.migration_id, phase, detail)
@@ -183,7 +189,17 @@ class SourceMigration:
     def _apply(self, actions: list[policy.Action]) -> None:
         layout = self.services.vms.layout(self.vm)
         driver = self.services.driver
+        features = driver.migration_features
         for action in actions:
+            needs = {
+                policy.RaiseDowntime: "downtime-limit",
+                policy.EngageAutoConverge: "auto-converge",
+                policy.StartPostcopy: "postcopy",
+                policy.ForceComplete: "force",
+            }.get(type(action))
+            if needs is not None and needs not in features:
+                self.ctx.log(f"policy: {action} skipped ({self._hypervisor} has no {needs})")
+                continue
             match action:
                 case policy.RaiseDowntime(ms):
                     driver.migration_tune(layout, downtime_ms=ms)
@@ -227,7 +243,7 @@ class SourceMigration:
                 return sample
             if sample.state in ("failed", "cancelled"):
                 raise MigrationFailed(
-                    f"QEMU reports the migration {sample.state}:"
+                    f"{self._hypervisor} reports the migration {sample.state}:"
                     f" {sample.error or 'no reason given'}"
                 )
             state, actions = policy.decide(state, sample, limits)
@@ -276,7 +292,8 @@ class SourceMigration:
             "total_s": round(total, 3),
             "downtime_ms": final.downtime_ms,
             "setup_ms": final.setup_ms,
-            "qemu_total_ms": final.elapsed_ms,
+            "hypervisor": self._hypervisor,
+            "qemu_total_ms": final.elapsed_ms,  # the hypervisor's own time (the name stays)
             "bytes_sent": final.ram_transferred,
             "ram_total": final.ram_total,
             "iterations": final.iterations,
@@ -330,7 +347,7 @@ class SourceMigration:
         vms = self.services.vms
         spec = vms.local(self.vm).spec
         vms.inventory.remove(self.vm)
-        self._step(MigrationPhase.CLEANUP, "stopping the source's QEMU")
+        self._step(MigrationPhase.CLEANUP, f"stopping the source's {self._hypervisor}")
         layout = vms.layout(self.vm)
         try:
             vms.driver.kill(layout)

@@ -38,8 +38,8 @@ class NodeDirectories:
             runtime_dir=self.run / "vms" / vm, checkpoint_dir=self.system / vm / "checkpoints"
         )
 
-    def disk_path(self, vm: str, index: int) -> Path:
-        return self.data / vm / f"disk{index}.qcow2"
+    def disk_path(self, vm: str, index: int, fmt: str = "qcow2") -> Path:
+        return self.data / vm / f"disk{index}.{'img' if fmt == 'raw' else fmt}"
 
     def spec_file(self, vm: str) -> Path:
         return self.config / f"{vm}.json"

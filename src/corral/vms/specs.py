@@ -27,8 +27,8 @@ from corral.vms.directories import NodeDirectories
 
 
 class DiskRequest(Frozen):
-    """Either a new qcow2 image of `size_mib` in the VM's data directory, or an existing
-    image at `path`."""
+    """Either a new image of `size_mib` in the VM's data directory (qcow2 unless `format`
+    says raw, which bhyve needs), or an existing image at `path`."""
 
     size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
     path: Path | None = None
@@ -71,7 +71,9 @@ def resolve(request: VmRequest, dirs: NodeDirectories) -> VmSpec:
     disks = tuple(
         DiskSpec(path=d.path, format=d.format)
         if d.path is not None
-        else DiskSpec(path=dirs.disk_path(request.name, i), format="qcow2", size_mib=d.size_mib)
+        else DiskSpec(
+            path=dirs.disk_path(request.name, i, d.format), format=d.format, size_mib=d.size_mib
+        )
         for i, d in enumerate(request.disks)
     )
     nics = tuple(
