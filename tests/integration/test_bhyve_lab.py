@@ -1,0 +1,119 @@
+"""corral on bhyve: two lab nodes whose agents drive the bhyve driver on simulated FreeBSD
+hosts (tests/bhyve_sim). A migration goes through the same preflight, deferred receive task,
+TLS tunnel and handoff as with QEMU; what bhyve cannot do is refused at preflight."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.lab import agents
+from corral.lab.lifecycle import lab_down, lab_up
+from corral.lab.plan import LabConfig, LabNode, LabPlan
+from corral.waiting import wait_for
+from tests.bhyve_sim.host import SimHost, install
+from tests.integration.migration_helpers import migrate
+from tests.integration.vm_helpers import console_lines, corral, corral_json, corral_ok, counters
+
+pytestmark = [pytest.mark.lab]
+SPEC = """
+memory_mib = 32
+[cpu]
+count = 2
+[cpu.topology]
+sockets = 1
+cores = 2
+threads = 1
+[[disks]]
+size_mib = 8
+format = "raw"
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPlan, list[SimHost]]]:
+    root = tmp_path_factory.mktemp("cbhv") / "lab"
+    plan = lab_up(LabConfig(nodes=2, prefix="cbhv", root=root))
+    try:
+        hosts = []
+        for node in plan.nodes:
+            host = install(node.local_dir / "freebsd")
+            extra: dict[str, object] = {"hypervisor": "bhyve", "bhyve_root": str(host.root)}
+            agents.start_agent(plan, node, extra=extra)
+            hosts.append(host)
+        agents.form_cluster(plan)
+        yield plan, hosts
+    finally:
+        lab_down(root)
+
+
+def seq_after(node: LabNode, vm: str, seq: int) -> int:
+    def past() -> int | None:
+        found = counters(console_lines(node, vm, 50))
+        return found[-1].seq if found and found[-1].seq > seq else None
+
+    return wait_for(past, timeout=60, what=f"{vm} on {node.name} to count past {seq}")
+
+
+def test_a_vm_created_on_bhyve_migrates_and_comes_back(
+    lab: tuple[LabPlan, list[SimHost]], tmp_path: Path
+) -> None:
+    plan, _ = lab
+    node1, node2 = plan.nodes
+    spec = tmp_path / "vm.toml"
+    spec.write_text(SPEC)
+    corral_ok(node1, "vm", "create", "bsd", "--spec", str(spec), "--start")
+    assert corral_json(node1, "node", "list")[0]["facts"]["hypervisor"] == "bhyve"
+    before = seq_after(node1, "bsd", 2)
+
+    code, lines, stderr = migrate(node1, "bsd", "node2")
+    assert code == 0, stderr
+    summary = lines[-1]
+    assert summary["hypervisor"] == "bhyve"
+    assert summary["tls"] is True
+    assert summary["downtime_ms"] is None  # bhyve does not say
+    shown = corral_json(node2, "vm", "show", "bsd")
+    assert shown["owner"] == "node2"
+    assert shown["observed"] == "running"
+    assert corral(node1, "vm", "show", "bsd").returncode != 0
+    assert seq_after(node2, "bsd", before) > before
+    console = console_lines(node2, "bsd")
+    assert not [ln for ln in console if "BOOTED" in ln]  # it arrived running: no boot here
+    tunnel = json.loads((node2.local_dir / "run" / "vms" / "bsd" / "receive.json").read_text())
+    assert tunnel["peer"] == str(node1.migration_address.ip)  # over the migration network
+    phases = [
+        s["phase"]
+        for s in corral_json(node1, "migrations", "show", summary["migration_id"])["journal"]
+    ]
+    assert phases[-1] == "succeeded"
+    assert "handoff" in phases
+
+    back = corral(node2, "migrate", "bsd", "node1", "--insecure")
+    assert back.returncode == 0, back.stderr
+    assert corral_json(node1, "vm", "show", "bsd")["observed"] == "running"
+
+
+def test_preflight_refuses_what_bhyve_cannot_do(
+    lab: tuple[LabPlan, list[SimHost]], tmp_path: Path
+) -> None:
+    plan, hosts = lab
+    node1 = plan.nodes[0]
+    spec = tmp_path / "vm.toml"
+    spec.write_text(SPEC)
+    if corral(node1, "vm", "show", "bsd").returncode != 0:
+        corral_ok(node1, "vm", "create", "bsd", "--spec", str(spec), "--start")
+    out = corral(node1, "migrate", "bsd", "node2", "--postcopy", "--parallel", "2")
+    assert out.returncode == 4, out.stderr
+    assert "[postcopy] bhyve has no post-copy" in out.stderr
+    assert "[parallel]" in out.stderr
+    hosts[1].configure(sysctl={"hw.model": "AMD EPYC 7302 16-Core Processor"})
+    try:
+        out = corral(node1, "migrate", "bsd", "node2")
+        assert out.returncode == 4, out.stderr
+        assert "[cpu] bhyve cannot mask CPUID" in out.stderr
+    finally:
+        hosts[1].configure(sysctl={"hw.model": hosts[0].config()["sysctl"]["hw.model"]})
+    assert corral_json(node1, "vm", "show", "bsd")["observed"] == "running"
