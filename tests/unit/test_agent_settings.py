@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,24 @@ def test_bad_settings_name_the_setting(tmp_path: Path, key: str, value: object) 
     with pytest.raises(UserInputError) as info:
         load_settings(None, {key: value}, environ={})
     assert info.value.field == key
+
+
+def test_the_agent_picks_bhyve_on_freebsd_and_qemu_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from corral.agent import node_agent
+    from corral.hypervisors.bhyve.driver import BhyveDriver
+    from corral.hypervisors.qemu.driver import QemuDriver
+
+    auto = load_settings(None, {"node_name": "n1", "bhyve_root": str(tmp_path)}, environ={})
+    monkeypatch.setattr(sys, "platform", "freebsd14")
+    chosen = node_agent.choose_driver(auto)
+    assert isinstance(chosen, BhyveDriver)
+    assert chosen.host.root == tmp_path
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(node_agent, "resolve_accelerator", lambda _: "tcg")
+    assert isinstance(node_agent.choose_driver(auto), QemuDriver)
+    forced = load_settings(None, {"node_name": "n1", "hypervisor": "bhyve"}, environ={})
+    assert isinstance(node_agent.choose_driver(forced), BhyveDriver)
+    with pytest.raises(UserInputError, match="hypervisor"):
+        load_settings(None, {"node_name": "n1", "hypervisor": "xen"}, environ={})
