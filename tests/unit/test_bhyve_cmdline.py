@@ -86,3 +86,14 @@ def test_bhyvectl_commands() -> None:
         "--migrate-live=10.0.0.2,24983",
     ]
     assert migrate_argv("web1", "10.0.0.2", 4000, live=False)[-1] == "--migrate=10.0.0.2,4000"
+
+
+def test_taps_on_freebsd_are_made_with_ifconfig() -> None:
+    from corral.hypervisors.bhyve import network
+
+    assert network.bridges_argv() == ["/sbin/ifconfig", "-g", "bridge"]
+    assert network.tap_argvs("tap7", "bridge0") == [
+        ["/sbin/ifconfig", "tap7", "create", "up"],
+        ["/sbin/ifconfig", "bridge0", "addm", "tap7"],
+    ]
+    assert network.remove_argv("tap7") == ["/sbin/ifconfig", "tap7", "destroy"]

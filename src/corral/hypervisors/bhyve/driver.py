@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import ConflictError, HypervisorError, NotFoundError, UserInputError
-from corral.hypervisors import host_network
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
@@ -42,6 +41,7 @@ from corral.hypervisors.base import (
     VmLayout,
 )
 from corral.hypervisors.bhyve import facts as bhyve_facts
+from corral.hypervisors.bhyve import network
 from corral.hypervisors.bhyve.cmdline import bhyve_argv, check_spec
 from corral.hypervisors.bhyve.disks import copy_sparse
 from corral.hypervisors.bhyve.host import BhyveHost
@@ -90,7 +90,7 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         if not Path(self.host.bhyve).exists():
             raise HypervisorError(f"{self.host.bhyve} is not installed")
         check_spec(spec)
-        present = host_network.bridges() if spec.nics else set()
+        present = network.bridges() if spec.nics else set()
         for i, nic in enumerate(spec.nics):
             if nic.bridge not in present:
                 raise UserInputError(f"nics[{i}].bridge", f"no bridge {nic.bridge!r} here")
@@ -110,7 +110,7 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         if runtime.supervisor_pid() is not None or runtime.bhyve_pid(spec.name) is not None:
             raise HypervisorError(f"VM {spec.name} is running; stop it first")
         for nic in spec.nics:
-            host_network.remove_tap(nic.tap)
+            network.remove_tap(nic.tap)
         if keep_logs:
             runtime.clean()
             for tls in layout.runtime_dir.glob("tls-*"):
@@ -151,7 +151,7 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         if receive_from is not None:
             runtime.mark("incoming")
         for nic in spec.nics:
-            host_network.ensure_tap(nic.tap, nic.bridge)
+            network.ensure_tap(nic.tap, nic.bridge)
         args = [str(layout.runtime_dir), self.host.bhyvectl, spec.name, "--", *argv]
         proc = runtime.spawn(SUPERVISOR, args, "supervisor.pid")
         threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
