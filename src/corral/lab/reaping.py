@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
-ORPHAN_PREFIXES = ("qemu", "gluster")  # daemons and VMs whose parents may die first
+ORPHAN_PREFIXES = ("qemu", "gluster", "bhyve")  # daemons and VMs whose parents may die first
 
 
 def become_subreaper() -> bool:

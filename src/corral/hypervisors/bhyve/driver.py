@@ -205,6 +205,10 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
     def kill(self, layout: VmLayout) -> None:
         runtime = Runtime(layout)
         name = runtime.vm().get("name")
+        for side in ("send", "receive"):  # a tunnel of a migration that did not finish
+            relay = runtime.relay_pid(side)
+            if relay is not None:
+                terminate(relay, signal.SIGKILL)
         supervisor = runtime.supervisor_pid()
         if supervisor is not None:
             terminate(supervisor, signal.SIGKILL)  # first, so it restarts nothing
@@ -217,21 +221,29 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         runtime.clean()
 
     def _bhyvectl(self, name: str, *flags: str, check: bool = True) -> None:
-        out = subprocess.run(
-            [self.host.bhyvectl, f"--vm={name}", *flags],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        try:
+            out = subprocess.run(
+                [self.host.bhyvectl, f"--vm={name}", *flags],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise HypervisorError(f"bhyvectl {' '.join(flags)} did not answer in 180 s") from exc
         if check and out.returncode != 0:
             raise HypervisorError(f"bhyvectl {' '.join(flags)}: {out.stderr.strip()[-300:]}")
 
     def pause(self, layout: VmLayout) -> None:
-        os.kill(self._bhyve(layout), signal.SIGSTOP)
+        """SIGSTOP of the bhyve process (bhyvectl has no pause); returns once it holds."""
+        pid = self._bhyve(layout)
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: stopped(pid), timeout=10, what="bhyve to stop", interval=0.01)
 
     def resume(self, layout: VmLayout) -> None:
-        os.kill(self._bhyve(layout), signal.SIGCONT)
+        pid = self._bhyve(layout)
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: not stopped(pid), timeout=10, what="bhyve to go on", interval=0.01)
 
     def status(self, layout: VmLayout) -> RuntimeStatus:
         runtime = Runtime(layout)
@@ -264,7 +276,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
     ) -> CheckpointInfo:
         if not self.offer.snapshot:
             raise HypervisorError("bhyve here was built without BHYVE_SNAPSHOT (no checkpoints)")
-        self._bhyve(layout)
+        if stopped(self._bhyve(layout)):
+            self.resume(layout)  # a stopped bhyve cannot answer; --suspend pauses it anyway
         folder = self._checkpoint_dir(layout, name)
         if folder.exists():
             raise ConflictError(f"checkpoint {name!r} of {spec.name} already exists")
