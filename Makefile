@@ -7,7 +7,8 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.corral-installed
 
-.PHONY: demo test deps venv image lint typecheck unit integration faults clean help
+.PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
+	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control
 RUNS ?= 3
 
 help:
@@ -16,6 +17,9 @@ help:
 	@echo "make deps   - install the Debian packages (root)"
 	@echo "make venv   - the virtual environment with corral and its dev tools"
 	@echo "make faults - the fault-injection matrix, RUNS times (3), to bench/results/"
+	@echo "make bench  - every benchmark (~25 min), results and plots in bench/results/"
+	@echo "              (one at a time: make bench-overhead, bench-downtime, bench-throughput,"
+	@echo "               bench-convergence, bench-control)"
 
 deps:
 	@scripts/install-deps.sh
@@ -52,6 +56,16 @@ test: deps venv image lint typecheck
 
 faults: deps venv image
 	$(BIN)/python bench/faults_matrix.py --runs $(RUNS)
+
+bench: deps venv image
+	$(BIN)/python -m bench.run_all
+
+bench-overhead bench-downtime bench-throughput bench-convergence: deps venv image
+	$(BIN)/python -m bench.$(subst bench-,,$@)
+	$(BIN)/python -m bench.plots
+
+bench-control: deps venv image
+	$(BIN)/python -m bench.control_plane
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

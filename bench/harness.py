@@ -178,14 +178,23 @@ def corral_ok(node: LabNode, *args: str) -> str:
     return out.stdout
 
 
-def migrate(node: LabNode, vm: str, target: str, *args: str) -> tuple[float, dict[str, Any]]:
-    """`corral migrate --json`: the wall time of the command and its summary."""
+def migrate_lines(
+    node: LabNode, vm: str, target: str, *args: str
+) -> tuple[int, float, list[dict[str, Any]], str]:
+    """`corral migrate --json`: exit code, wall time, its JSON lines (progress, then the
+    summary on success), stderr."""
     t0 = time.monotonic()
     out = corral(node, "migrate", vm, target, "--json", *args)
     wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"corral migrate {vm} {target}: {out.stderr.strip()}")
     lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return out.returncode, wall, lines, out.stderr.strip()
+
+
+def migrate(node: LabNode, vm: str, target: str, *args: str) -> tuple[float, dict[str, Any]]:
+    """`corral migrate --json`, which must succeed: the wall time and the summary."""
+    code, wall, lines, err = migrate_lines(node, vm, target, *args)
+    if code != 0:
+        raise RuntimeError(f"corral migrate {vm} {target}: {err}")
     return wall, lines[-1]
 
 

@@ -13,6 +13,7 @@ PACKAGES=(
   glusterfs-server  # the lab's shared storage (corral lab up --storage glusterfs)
   glusterfs-client
   procps            # ps, pgrep
+  iperf3            # the benchmarks' link measurement
   kmod              # modprobe
   make
 )

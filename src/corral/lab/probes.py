@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 from corral.lab import netns
@@ -24,6 +25,7 @@ class CounterClient:
 
     conn: socket.socket
     counters: list[Counter] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each line
     closed: bool = False
 
     @classmethod
@@ -39,6 +41,7 @@ class CounterClient:
             for line in stream:
                 counter = parse_counter(line)
                 if counter is not None:
+                    self.arrived.append(time.monotonic())
                     self.counters.append(counter)
         except OSError:
             pass
@@ -54,6 +57,12 @@ class CounterClient:
         """The longest pause in the guest's uptime between two lines (seconds)."""
         ups = [c.uptime for c in self.counters]
         return max((b - a for a, b in itertools.pairwise(ups)), default=0.0)
+
+    def largest_arrival_gap(self, since: float = 0.0) -> float:
+        """The longest wait between two lines as the client saw them (seconds, host clock),
+        among lines that arrived after `since` (a time.monotonic() value)."""
+        times = [t for t in self.arrived if t >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,113 @@
+"""Orchestration overhead: `corral migrate` (CLI -> agents -> QEMU) against the floor, a
+script that drives the two QEMUs over QMP by hand (bench/floor.py). Same test guest (idle,
+256 MiB and 1 GiB), same lab link, same QEMU command line and migration parameters, TLS on
+and off; the two sides interleaved, several runs each."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.floor import FloorVm
+from bench.harness import (
+    Result,
+    bench_lab,
+    command_line,
+    create_vm,
+    fmt,
+    image,
+    interleaved,
+    migrate,
+    spread,
+)  # fmt: skip
+from corral.lab.plan import LabPlan
+
+
+@dataclass
+class Case:
+    """One guest size: a corral VM and a floor VM, each moved back and forth."""
+
+    plan: LabPlan
+    vm: str
+    floor: FloorVm
+    tls: bool = False
+    corral_node: int = 0
+
+    def corral_side(self, _: int) -> dict[str, Any]:
+        src = self.corral_node
+        args = [] if self.tls else ["--insecure"]
+        wall, summary = migrate(self.plan.nodes[src], self.vm, self.plan.nodes[1 - src].name, *args)
+        self.corral_node = 1 - src
+        return {"wall_s": wall, "qemu_ms": summary["qemu_total_ms"]}
+
+    def floor_side(self, _: int) -> dict[str, Any]:
+        out = self.floor.migrate(tls=self.tls)
+        return {"wall_s": out["wall_s"], "qemu_ms": out["info"]["total-time"]}
+
+
+def run(plan: LabPlan, runs: int, sizes: list[int]) -> Result:
+    img = image()
+    result = Result(
+        "overhead",
+        "Orchestration overhead: corral migrate against QMP by hand",
+        "Wall time of one live migration of an idle test guest between the two lab nodes."
+        " *floor*: bench/floor.py starts the target QEMU with `-incoming defer`, sets the"
+        " same capabilities and parameters corral sets, runs `migrate` and polls"
+        " `query-migrate` every 50 ms until the target runs. *corral*: `corral migrate VM"
+        " NODE --json` as a user runs it (Python CLI start, local agent, deferred receive task"
+        " on the target, preflight, policy loop, handoff). Sides interleaved; median"
+        " (min-max) over the runs.",
+        [
+            ("memory", "guest"),
+            ("tls", "TLS"),
+            ("floor", "floor s"),
+            ("corral", "corral s"),
+            ("ratio", "corral / floor"),
+            ("extra", "extra s"),
+            ("qemu_floor", "QEMU total ms, floor"),
+            ("qemu_corral", "QEMU total ms, corral"),
+        ],
+    )
+    for memory in sizes:
+        host = 20 + sizes.index(memory) * 2
+        case = Case(plan, f"ovh{memory}", FloorVm.make(plan, img, f"flr{memory}", host + 1, memory))
+        create_vm(plan, img, case.vm, host=host, memory_mib=memory)
+        case.floor.start()
+        try:
+            for tls in (False, True):
+                case.tls = tls
+                sides = interleaved({"floor": case.floor_side, "corral": case.corral_side}, runs)
+                f = spread([s["wall_s"] for s in sides["floor"]])
+                c = spread([s["wall_s"] for s in sides["corral"]])
+                result.rows.append(
+                    {
+                        "memory": f"{memory} MiB",
+                        "tls": "on" if tls else "off",
+                        "floor": fmt(f),
+                        "corral": fmt(c),
+                        "ratio": f"{c['median'] / f['median']:.2f}",
+                        "extra": f"{c['median'] - f['median']:+.2f}",
+                        "qemu_floor": statistics.median(s["qemu_ms"] for s in sides["floor"]),
+                        "qemu_corral": statistics.median(s["qemu_ms"] for s in sides["corral"]),
+                    }
+                )
+                result.raw[f"{memory}-{'tls' if tls else 'plain'}"] = sides
+        finally:
+            case.floor.stop()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="256,1024", help="guest memory sizes, MiB")
+    args = parser.parse_args()
+    with bench_lab() as plan:
+        run(plan, args.runs, [int(s) for s in args.sizes.split(",")]).write(command_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
