@@ -21,7 +21,7 @@ from bench.harness import (
     interleaved,
     migrate,
     spread,
-)  # fmt: skip
+)
 from corral.client import AgentClient
 from corral.lab import agents
 from corral.lab.plan import LabPlan
@@ -75,9 +75,15 @@ def run(plan: LabPlan, requests: int, parallel_vms: int, runs: int) -> Result:
         " mutual TLS). `corral vm list` is also timed as a whole process (Python start"
         " included). Then N test guests (128 MiB, idle) migrated between the nodes all at"
         " once against one after another, interleaved. Times in ms unless marked.",
-        [("what", "what"), ("clients", "clients"), ("median", "median"), ("p99", "p99"),
-         ("spread", "min-max"), ("n", "samples")],
-    )  # fmt: skip
+        [
+            ("what", "what"),
+            ("clients", "clients"),
+            ("median", "median"),
+            ("p99", "p99"),
+            ("spread", "min-max"),
+            ("n", "samples"),
+        ],
+    )
     node1 = plan.nodes[0]
     socket = str(agents.agent_socket(node1))
     for i in range(3):

@@ -17,7 +17,7 @@ from bench.harness import (
     image,
     interleaved,
     migrate_lines,
-)  # fmt: skip
+)
 from corral.lab.plan import LabPlan
 
 MIB = 1 << 20
@@ -52,33 +52,47 @@ def run(plan: LabPlan, runs: int, dirty: int, bandwidth: int, timeout: int) -> R
     where = [0]
 
     def plain(i: int) -> dict[str, Any]:
-        out = floor.migrate(tls=True, bandwidth=bandwidth * MIB, auto_converge=False,
-                            timeout=timeout)  # fmt: skip
+        out = floor.migrate(
+            tls=True, bandwidth=bandwidth * MIB, auto_converge=False, timeout=timeout
+        )
         info = out["info"]
         return {
-            "side": "plain pre-copy", "run": i + 1, "completed": out["completed"],
-            "seconds": round(out["wall_s"], 1), "downtime": info.get("downtime", "-"),
+            "side": "plain pre-copy",
+            "run": i + 1,
+            "completed": out["completed"],
+            "seconds": round(out["wall_s"], 1),
+            "downtime": info.get("downtime", "-"),
             "throttle": info.get("cpu-throttle-percentage", 0),
-            "iterations": info.get("ram", {}).get("dirty-sync-count", "-"), "actions": "-",
-        }  # fmt: skip
+            "iterations": info.get("ram", {}).get("dirty-sync-count", "-"),
+            "actions": "-",
+        }
 
     def policy(i: int) -> dict[str, Any]:
         src = where[0]
         code, wall, lines, err = migrate_lines(
-            plan.nodes[src], vm, plan.nodes[1 - src].name,
-            "--bandwidth", str(bandwidth), "--timeout", str(timeout),
-        )  # fmt: skip
+            plan.nodes[src],
+            vm,
+            plan.nodes[1 - src].name,
+            "--bandwidth",
+            str(bandwidth),
+            "--timeout",
+            str(timeout),
+        )
         progress = [ln for ln in lines if "progress" in ln or "throttle_percent" in ln]
         throttle = max((int(_throttle(ln)) for ln in progress), default=0)
         summary = lines[-1] if code == 0 else {}
         if code == 0:
             where[0] = 1 - src
         return {
-            "side": "corral policy", "run": i + 1, "completed": code == 0,
-            "seconds": round(wall, 1), "downtime": summary.get("downtime_ms", "-"),
-            "throttle": throttle, "iterations": summary.get("iterations", "-"),
+            "side": "corral policy",
+            "run": i + 1,
+            "completed": code == 0,
+            "seconds": round(wall, 1),
+            "downtime": summary.get("downtime_ms", "-"),
+            "throttle": throttle,
+            "iterations": summary.get("iterations", "-"),
             "actions": "; ".join(summary.get("policy_actions", [])) or err[-120:],
-        }  # fmt: skip
+        }
 
     try:
         sides = interleaved({"plain": plain, "policy": policy}, runs)

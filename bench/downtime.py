@@ -21,7 +21,7 @@ from bench.harness import (
     image,
     migrate,
     spread,
-)  # fmt: skip
+)
 from corral.lab.guest import parse_counter
 from corral.lab.plan import LabPlan
 from corral.lab.probes import CounterClient, PingMeter
@@ -98,8 +98,9 @@ def run(plan: LabPlan, runs: int, levels: list[int]) -> Result:
     )
     for level in levels:
         vm = f"dt{level}"
-        ip = create_vm(plan, img, vm, host=40 + levels.index(level), memory_mib=512,
-                       dirty_mib=level)  # fmt: skip
+        ip = create_vm(
+            plan, img, vm, host=40 + levels.index(level), memory_mib=512, dirty_mib=level
+        )
         samples = [one(plan, vm, ip, run % 2) for run in range(runs)]
         corral_ok(plan.nodes[runs % 2], "vm", "kill", vm)
         corral_ok(plan.nodes[runs % 2], "vm", "delete", vm)

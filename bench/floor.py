@@ -4,17 +4,18 @@ the same migration capabilities and parameters, the same lab link and certificat
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from corral import commands
+from corral.errors import CorralError
 from corral.hypervisors.base import VmLayout
 from corral.hypervisors.qemu.cmdline import qemu_argv
+from corral.hypervisors.qemu.qmp_session import qmp_call
 from corral.hypervisors.tls_files import tls_dir_for
 from corral.lab import netns
 from corral.lab.image import GuestImage, guest_cmdline
@@ -26,15 +27,8 @@ PORT = 4900
 
 
 def qmp(sock: Path, command: str, **args: Any) -> Any:
-    client = QEMUMonitorProtocol(str(sock))
-    client.connect()
-    try:
-        reply: Any = client.cmd(command, **args)
-    finally:
-        client.close()
-    if isinstance(reply, dict) and "error" in reply:
-        raise RuntimeError(f"{command}: {reply['error']}")
-    return reply["return"] if isinstance(reply, dict) else reply
+    """One QMP command on a fresh connection (a thin client: connect, negotiate, execute)."""
+    return qmp_call(sock, command, args or None, timeout=30)
 
 
 @dataclass
@@ -48,9 +42,14 @@ class FloorVm:
 
     @classmethod
     def make(
-        cls, plan: LabPlan, img: GuestImage, name: str, host: int, memory_mib: int,
+        cls,
+        plan: LabPlan,
+        img: GuestImage,
+        name: str,
+        host: int,
+        memory_mib: int,
         dirty_mib: int = 0,
-    ) -> FloorVm:  # fmt: skip
+    ) -> FloorVm:
         ip = str(plan.guest_address(host).ip)
         spec = VmSpec(
             name=name,
@@ -80,14 +79,21 @@ class FloorVm:
         commands.run(["ip", "-n", n.netns, "link", "set", tap, "master", n.bridge, "up"])
         argv = qemu_argv(self.spec, layout, incoming="defer" if incoming else None)
         with (layout.runtime_dir / "qemu.log").open("ab") as log:
-            proc = subprocess.Popen(netns.in_netns(n.netns, argv), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(layout.control_socket.exists, timeout=30, what="QEMU's QMP socket",
-                 interval=0.01)  # fmt: skip
+            proc = subprocess.Popen(
+                netns.in_netns(n.netns, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(layout.control_socket.exists, timeout=30, what="QEMU's QMP socket", interval=0.01)
         return proc
 
     def start(self) -> None:
+        """Start the guest and wait until it counts (booted, like corral's VM)."""
         self.process = self._spawn(self.node, incoming=False)
+        wait_for(
+            lambda: "COUNTER" in self.console(), timeout=180, what="the floor guest", interval=0.2
+        )
 
     def console(self) -> str:
         try:
@@ -104,9 +110,15 @@ class FloorVm:
             self.process = None
 
     def migrate(
-        self, *, tls: bool, channels: int = 1, bandwidth: int = 0, auto_converge: bool = True,
-        throttle_threshold: int = 100, timeout: float = 600,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        *,
+        tls: bool,
+        channels: int = 1,
+        bandwidth: int = 0,
+        auto_converge: bool = True,
+        throttle_threshold: int = 100,
+        timeout: float = 600,
+    ) -> dict[str, Any]:
         """Move the guest to the other node by hand; the wall time and QEMU's numbers."""
         src, dst = self.node, 1 - self.node
         t0 = time.monotonic()
@@ -120,13 +132,19 @@ class FloorVm:
         dst_params = dict(params)
         if tls:
             dst_params["tls-creds"] = self._tls(dst, "server")
-        qmp(dst_sock, "migrate-set-capabilities",
-            capabilities=[{"capability": k, "state": v} for k, v in caps.items()])  # fmt: skip
+        qmp(
+            dst_sock,
+            "migrate-set-capabilities",
+            capabilities=[{"capability": k, "state": v} for k, v in caps.items()],
+        )
         qmp(dst_sock, "migrate-set-parameters", **dst_params)
         qmp(dst_sock, "migrate-incoming", uri=f"tcp:{address}:{PORT}")
         caps["auto-converge"] = auto_converge
-        qmp(src_sock, "migrate-set-capabilities",
-            capabilities=[{"capability": k, "state": v} for k, v in caps.items()])  # fmt: skip
+        qmp(
+            src_sock,
+            "migrate-set-capabilities",
+            capabilities=[{"capability": k, "state": v} for k, v in caps.items()],
+        )
         src_params = {
             **params,
             "max-bandwidth": bandwidth or 1 << 40,
@@ -147,8 +165,11 @@ class FloorVm:
                 break
             if time.monotonic() > deadline:
                 qmp(src_sock, "migrate_cancel")
-                wait_for(lambda: qmp(src_sock, "query-migrate")["status"] == "cancelled",
-                         timeout=60, what="the cancel")  # fmt: skip
+                wait_for(
+                    lambda: qmp(src_sock, "query-migrate")["status"] == "cancelled",
+                    timeout=60,
+                    what="the cancel",
+                )
                 target.kill()
                 target.wait()
                 n = self.plan.nodes[dst]
@@ -157,8 +178,12 @@ class FloorVm:
             time.sleep(0.05)
         if info["status"] != "completed":
             raise RuntimeError(f"floor migration {info['status']}: {info.get('error-desc')}")
-        wait_for(lambda: qmp(dst_sock, "query-status")["status"] == "running", timeout=60,
-                 what="the target to run", interval=0.01)  # fmt: skip
+        wait_for(
+            lambda: qmp(dst_sock, "query-status")["status"] == "running",
+            timeout=60,
+            what="the target to run",
+            interval=0.01,
+        )
         wall = time.monotonic() - t0
         self.stop()
         self.node, self.process = dst, target
@@ -166,9 +191,12 @@ class FloorVm:
 
     def _tls(self, node: int, endpoint: str) -> str:
         pki = self.plan.nodes[node].local_dir / "state" / "pki"
-        folder = tls_dir_for(self.layout(node), endpoint, pki / "ca.pem", pki / "node.pem",
-                             pki / "node.key")  # fmt: skip
+        folder = tls_dir_for(
+            self.layout(node), endpoint, pki / "ca.pem", pki / "node.pem", pki / "node.key"
+        )
         sock = self.layout(node).control_socket
+        with contextlib.suppress(CorralError):  # it was the target before, as the server
+            qmp(sock, "object-del", id="tls0")
         qmp(
             sock,
             "object-add",

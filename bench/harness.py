@@ -4,6 +4,7 @@ files (bench/results/NAME.json and NAME.md) that record the command that made th
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -135,8 +136,13 @@ class Result:
 
 
 def command_line() -> str:
-    return " ".join(["python", *[str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT))
-                                 else a for a in sys.argv]])  # fmt: skip
+    """The command that made a result: `make ...` when make set BENCH_COMMAND, otherwise
+    `python -m bench.NAME ARGS`."""
+    if os.environ.get("BENCH_COMMAND"):
+        return os.environ["BENCH_COMMAND"]
+    script = Path(sys.argv[0])
+    module = f"bench.{script.stem}" if script.parent == ROOT / "bench" else str(script)
+    return " ".join(["python", "-m", module, *sys.argv[1:]])
 
 
 # -- the lab -------------------------------------------------------------------------------
@@ -198,6 +204,16 @@ def migrate(node: LabNode, vm: str, target: str, *args: str) -> tuple[float, dic
     return wall, lines[-1]
 
 
+def journal_phases(node: LabNode, migration_id: str) -> dict[str, float]:
+    """Seconds from each journal step to the next (the source's record of the migration)."""
+    entries = json.loads(corral_ok(node, "migrations", "show", migration_id, "--json"))["journal"]
+    out: dict[str, float] = {}
+    for a, b in itertools.pairwise(entries):
+        out[a["phase"]] = out.get(a["phase"], 0.0) + b["at"] - a["at"]
+    out["journal_total"] = entries[-1]["at"] - entries[0]["at"]
+    return out
+
+
 def create_vm(
     plan: LabPlan,
     img: GuestImage,
@@ -211,10 +227,22 @@ def create_vm(
     """A test guest through corral on `node`, booted; returns its guest address."""
     ip = str(plan.guest_address(host).ip)
     corral_ok(
-        plan.nodes[node], "vm", "create", name, "--memory", str(memory_mib), "--nic", "br0",
-        "--kernel", str(img.kernel), "--initrd", str(img.initrd),
-        "--cmdline", guest_cmdline(ip=f"{ip}/24", dirty_mib=dirty_mib), "--start",
-    )  # fmt: skip
+        plan.nodes[node],
+        "vm",
+        "create",
+        name,
+        "--memory",
+        str(memory_mib),
+        "--nic",
+        "br0",
+        "--kernel",
+        str(img.kernel),
+        "--initrd",
+        str(img.initrd),
+        "--cmdline",
+        guest_cmdline(ip=f"{ip}/24", dirty_mib=dirty_mib),
+        "--start",
+    )
     wait_booted(plan.nodes[node], name)
     return ip
 

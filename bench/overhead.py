@@ -19,9 +19,10 @@ from bench.harness import (
     fmt,
     image,
     interleaved,
+    journal_phases,
     migrate,
     spread,
-)  # fmt: skip
+)
 from corral.lab.plan import LabPlan
 
 
@@ -40,7 +41,8 @@ class Case:
         args = [] if self.tls else ["--insecure"]
         wall, summary = migrate(self.plan.nodes[src], self.vm, self.plan.nodes[1 - src].name, *args)
         self.corral_node = 1 - src
-        return {"wall_s": wall, "qemu_ms": summary["qemu_total_ms"]}
+        phases = journal_phases(self.plan.nodes[src], summary["migration_id"])
+        return {"wall_s": wall, "qemu_ms": summary["qemu_total_ms"], "phases": phases}
 
     def floor_side(self, _: int) -> dict[str, Any]:
         out = self.floor.migrate(tls=self.tls)
@@ -94,6 +96,20 @@ def run(plan: LabPlan, runs: int, sizes: list[int]) -> Result:
                     }
                 )
                 result.raw[f"{memory}-{'tls' if tls else 'plain'}"] = sides
+                phases: dict[str, list[float]] = {}
+                for sample in sides["corral"]:
+                    cli = sample["wall_s"] - sample["phases"]["journal_total"]
+                    for phase, secs in {**sample["phases"], "cli and follow": cli}.items():
+                        phases.setdefault(phase, []).append(secs)
+                profile = ", ".join(
+                    f"{k} {statistics.median(v):.2f}"
+                    for k, v in phases.items()
+                    if k != "journal_total"
+                )
+                result.notes.append(
+                    f"{memory} MiB, TLS {'on' if tls else 'off'}: where corral's time goes (s,"
+                    f" median, from its journal): {profile}"
+                )
         finally:
             case.floor.stop()
     return result

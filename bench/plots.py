@@ -28,8 +28,9 @@ def _median(cell: str) -> float:
     return float(match.group(0)) if match else 0.0
 
 
-def _bars(name: str, title: str, groups: list[str], series: dict[str, list[float]],
-          ylabel: str) -> Path:  # fmt: skip
+def _bars(
+    name: str, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str
+) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
@@ -49,21 +50,43 @@ def plot_all() -> list[Path]:
     made = []
     if (d := _load("overhead")) is not None:
         groups = [f"{r['memory']}, TLS {r['tls']}" for r in d["rows"]]
-        made.append(_bars("overhead", "Migration wall time: floor (QMP by hand) vs corral", groups,
-                          {"floor": [_median(r["floor"]) for r in d["rows"]],
-                           "corral": [_median(r["corral"]) for r in d["rows"]]},
-                          "seconds (median)"))  # fmt: skip
+        made.append(
+            _bars(
+                "overhead",
+                "Migration wall time: floor (QMP by hand) vs corral",
+                groups,
+                {
+                    "floor": [_median(r["floor"]) for r in d["rows"]],
+                    "corral": [_median(r["corral"]) for r in d["rows"]],
+                },
+                "seconds (median)",
+            )
+        )
     if (d := _load("downtime")) is not None:
         groups = [str(r["dirty"]) for r in d["rows"]]
-        made.append(_bars("downtime", "Downtime by measure", groups,
-                          {k: [_median(r[k]) for r in d["rows"]]
-                           for k in ("qemu", "serial", "tcp", "ping")}, "ms (median)"))  # fmt: skip
+        made.append(
+            _bars(
+                "downtime",
+                "Downtime by measure",
+                groups,
+                {k: [_median(r[k]) for r in d["rows"]] for k in ("qemu", "serial", "tcp", "ping")},
+                "ms (median)",
+            )
+        )
     if (d := _load("throughput")) is not None:
         groups = [f"{r['channels']} ch, TLS {r['tls']}" for r in d["rows"]]
-        made.append(_bars("throughput", "Migration throughput vs the link (iperf3)", groups,
-                          {"link": [_median(r["link"]) for r in d["rows"]],
-                           "migration": [_median(r["migration"]) for r in d["rows"]]},
-                          "Mbit/s (median)"))  # fmt: skip
+        made.append(
+            _bars(
+                "throughput",
+                "Migration throughput vs the link (iperf3)",
+                groups,
+                {
+                    "link": [_median(r["link"]) for r in d["rows"]],
+                    "migration": [_median(r["migration"]) for r in d["rows"]],
+                },
+                "Mbit/s (median)",
+            )
+        )
     return made
 
 

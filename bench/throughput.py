@@ -20,7 +20,7 @@ from bench.harness import (
     image,
     migrate,
     spread,
-)  # fmt: skip
+)
 from corral.lab import netns
 from corral.lab.plan import LabPlan
 
@@ -81,8 +81,7 @@ def run(plan: LabPlan, runs: int, channels: list[int]) -> Result:
                 for _ in range(runs):
                     links.append(iperf(plan, node))
                     args = ["--parallel", str(n)] + ([] if tls else ["--insecure"])
-                    wall, summary = migrate(plan.nodes[node], vm, plan.nodes[1 - node].name,
-                                            *args)  # fmt: skip
+                    wall, summary = migrate(plan.nodes[node], vm, plan.nodes[1 - node].name, *args)
                     rates.append(float(summary["throughput_mbps"]))
                     walls.append(wall)
                     node = 1 - node
@@ -98,8 +97,10 @@ def run(plan: LabPlan, runs: int, channels: list[int]) -> Result:
                     }
                 )
                 result.raw[f"{n}-{'tls' if tls else 'plain'}"] = {
-                    "link_mbps": links, "migration_mbps": rates, "wall_s": walls,
-                }  # fmt: skip
+                    "link_mbps": links,
+                    "migration_mbps": rates,
+                    "wall_s": walls,
+                }
     finally:
         corral_ok(plan.nodes[node], "vm", "kill", vm)
         corral_ok(plan.nodes[node], "vm", "delete", vm)

@@ -32,10 +32,27 @@ from tests.bhyve_sim.host import SimHost
 
 OPTIONS = "aACDeHhPSuWwxYc:f:G:k:K:l:m:o:p:r:R:s:U:"
 EMULATIONS = {
-    "hostbridge", "amd_hostbridge", "lpc", "virtio-blk", "virtio-net", "virtio-rnd",
-    "virtio-console", "virtio-scsi", "virtio-9p", "virtio-input", "ahci", "ahci-hd", "ahci-cd",
-    "nvme", "e1000", "xhci", "fbuf", "uart", "passthru", "hda",
-}  # fmt: skip
+    "hostbridge",
+    "amd_hostbridge",
+    "lpc",
+    "virtio-blk",
+    "virtio-net",
+    "virtio-rnd",
+    "virtio-console",
+    "virtio-scsi",
+    "virtio-9p",
+    "virtio-input",
+    "ahci",
+    "ahci-hd",
+    "ahci-cd",
+    "nvme",
+    "e1000",
+    "xhci",
+    "fbuf",
+    "uart",
+    "passthru",
+    "hda",
+}
 LIVE_ROUNDS = 3
 CHUNK_PAGES = 256
 USAGE = (

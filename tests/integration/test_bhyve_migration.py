@@ -54,8 +54,9 @@ class Side:
 
     def tls(self, endpoint: str) -> Path:
         p = self.pki
-        return self.driver.migration_tls_dir(self.layout, endpoint, p.ca_cert, p.node_cert,
-                                             p.node_key)  # fmt: skip
+        return self.driver.migration_tls_dir(
+            self.layout, endpoint, p.ca_cert, p.node_cert, p.node_key
+        )
 
 
 @dataclass
@@ -122,8 +123,11 @@ def test_a_migration_over_the_tls_tunnel_moves_the_running_guest(pair: Pair) -> 
     result = pair.outcome()
     assert result.state == "completed", result.error
     assert result.ram_transferred == 32 * MIB
-    wait_for(lambda: pair.dst.driver.migration_incoming_done(pair.dst.layout), timeout=30,
-             what="the VM to run on the destination")  # fmt: skip
+    wait_for(
+        lambda: pair.dst.driver.migration_incoming_done(pair.dst.layout),
+        timeout=30,
+        what="the VM to run on the destination",
+    )
     last_on_source = pair.src.counters()[-1]
     first_here = pair.dst.counting_past(0)
     assert first_here >= last_on_source  # it went on counting: memory came across
@@ -184,8 +188,11 @@ def test_cancel_during_the_transfer_leaves_the_guest_running_here(pair: Pair) ->
     assert pair.src.driver.status(pair.src.layout).state == RunState.RUNNING
     assert pair.src.boots() == 1
     with pytest.raises(Exception, match="exited"):
-        wait_for(lambda: pair.dst.driver.migration_incoming_done(pair.dst.layout), timeout=30,
-                 what="the destination to give up")  # fmt: skip
+        wait_for(
+            lambda: pair.dst.driver.migration_incoming_done(pair.dst.layout),
+            timeout=30,
+            what="the destination to give up",
+        )
 
 
 def test_a_guest_reboot_is_restarted(pair: Pair) -> None:

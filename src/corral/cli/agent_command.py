@@ -8,11 +8,6 @@ from typing import Annotated
 
 import typer
 
-from corral.agent.node_agent import NodeAgent
-from corral.agent.server import run_agent
-from corral.agent.settings import load_settings
-from corral.agent.task_kinds import builtin_kinds
-
 
 def agent_command(
     config_file: Annotated[
@@ -45,6 +40,8 @@ def agent_command(
     """Run this node's agent: the API on a root-only unix socket and, once the node is in a
     cluster, HTTPS with mutual TLS for peers; the task runner; heartbeats to every peer.
     Settings: defaults < TOML file < CORRAL_<NAME> environment variables < these flags."""
+    from corral.agent.settings import load_settings
+
     settings = load_settings(
         config_file,
         {
@@ -65,4 +62,10 @@ def agent_command(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Imported here: the server stack (FastAPI, uvicorn, drivers) would otherwise load on
+    # every CLI call and cost most of its start-up time.
+    from corral.agent.node_agent import NodeAgent
+    from corral.agent.server import run_agent
+    from corral.agent.task_kinds import builtin_kinds
+
     run_agent(NodeAgent(settings, builtin_kinds))

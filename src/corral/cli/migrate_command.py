@@ -48,6 +48,9 @@ def _info(p: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+FOLLOW_INTERVAL = 0.1  # seconds between looks at the task (a local unix-socket request)
+
+
 def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict[str, Any]:
     task_id = task["id"]
     if json_lines:
@@ -57,7 +60,7 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
                 last = task["progress"]
                 sys.stdout.write(json.dumps({"event": "progress", **last}) + "\n")
                 sys.stdout.flush()
-            time.sleep(0.2)
+            time.sleep(FOLLOW_INTERVAL)
             task = client.get(f"/tasks/{task_id}")
         return task
     with Progress(
@@ -84,7 +87,7 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
             if p.get("last_action") and p["last_action"] != shown:
                 shown = p["last_action"]
                 bar.console.print(f"[yellow]policy:[/] {shown}")
-            time.sleep(0.2)
+            time.sleep(FOLLOW_INTERVAL)
             task = client.get(f"/tasks/{task_id}")
         p = task["progress"]
         bar.update(

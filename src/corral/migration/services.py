@@ -38,7 +38,7 @@ class MigrationServices:
     is_member: Callable[[str], bool] = lambda _name: True
     pin_peer: Callable[[str], Callable[[], AgentClient]] | None = None
     sleep: Callable[[float], None] = time.sleep
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1
 
     def pinned(self, target: str) -> MigrationServices:
         """These services with `target` reached at the address it has now, even if it is

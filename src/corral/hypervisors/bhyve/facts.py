@@ -95,8 +95,9 @@ def probe(host: BhyveHost) -> BhyveOffer:
     vmm = _run([host.kldstat, "-q", "-m", "vmm"]).returncode == 0
     usage = _run([host.bhyvectl])  # no arguments: the usage, listing what it was built with
     snapshot, migration, live = parse_usage(usage.stdout + usage.stderr)
-    return BhyveOffer(dict(zip(SYSCTLS, values, strict=True)), vendor, flags, vmm, snapshot,
-                      migration, live)  # fmt: skip
+    return BhyveOffer(
+        dict(zip(SYSCTLS, values, strict=True)), vendor, flags, vmm, snapshot, migration, live
+    )
 
 
 def host_facts(offer: BhyveOffer) -> HostFacts:

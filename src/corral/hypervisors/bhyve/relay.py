@@ -173,8 +173,9 @@ def send(args: argparse.Namespace, status: Status) -> int:
         status.update(state="failed", error=f"tunnel to {args.to}: {exc}", finished=time.time())
         return 1
     argv = [a.replace("{port}", str(port)) for a in args.command]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
     def cancel(*_: object) -> None:
         proc.kill()

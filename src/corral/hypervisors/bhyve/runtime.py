@@ -111,9 +111,16 @@ class Runtime:
     def clean(self) -> None:
         """Remove what a stopped VM leaves (logs stay)."""
         for name in (
-            "supervisor.pid", "vm.pid", "departing", "suspending", "incoming",
-            "send.json", "receive.json", "send.pid", "receive.pid",
-        ):  # fmt: skip
+            "supervisor.pid",
+            "vm.pid",
+            "departing",
+            "suspending",
+            "incoming",
+            "send.json",
+            "receive.json",
+            "send.pid",
+            "receive.pid",
+        ):
             self.unmark(name)
 
 
