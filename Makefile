@@ -58,14 +58,14 @@ faults: deps venv image
 	$(BIN)/python bench/faults_matrix.py --runs $(RUNS)
 
 bench: deps venv image
-	$(BIN)/python -m bench.run_all
+	BENCH_COMMAND="make bench" $(BIN)/python -m bench.run_all
 
 bench-overhead bench-downtime bench-throughput bench-convergence: deps venv image
-	$(BIN)/python -m bench.$(subst bench-,,$@)
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.$(subst bench-,,$@)
 	$(BIN)/python -m bench.plots
 
 bench-control: deps venv image
-	$(BIN)/python -m bench.control_plane
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.control_plane
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--dirty", type=int, default=64, help="MiB the guest rewrites")
     parser.add_argument("--bandwidth", type=int, default=16, help="MiB/s")
-    parser.add_argument("--timeout", type=int, default=90, help="seconds")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds")
     args = parser.parse_args()
     with bench_lab() as plan:
         run(plan, args.runs, args.dirty, args.bandwidth, args.timeout).write(command_line())

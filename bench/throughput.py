@@ -43,8 +43,8 @@ def iperf(plan: LabPlan, src: int, seconds: int = 3) -> float:
             out = subprocess.run(
                 netns.in_netns(client_node.netns, ask), capture_output=True, text=True, check=False
             )
-            if out.returncode == 0:
-                data: dict[str, Any] = json.loads(out.stdout)
+            data: dict[str, Any] = json.loads(out.stdout or "{}")
+            if out.returncode == 0 and "sum_received" in data.get("end", {}):
                 return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
             time.sleep(0.1)
         raise RuntimeError(f"iperf3 failed: {out.stdout[-300:]}{out.stderr[-300:]}")
