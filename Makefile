@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
-	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control
+	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
+	bench-libvirt
 RUNS ?= 3
 
 help:
@@ -20,6 +21,7 @@ help:
 	@echo "make bench  - every benchmark (~25 min), results and plots in bench/results/"
 	@echo "              (one at a time: make bench-overhead, bench-downtime, bench-throughput,"
 	@echo "               bench-convergence, bench-control)"
+	@echo "make bench-libvirt - installs libvirt, then corral against virsh migrate --live"
 
 deps:
 	@scripts/install-deps.sh
@@ -63,6 +65,10 @@ bench: deps venv image
 bench-overhead bench-downtime bench-throughput bench-convergence: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.$(subst bench-,,$@)
 	$(BIN)/python -m bench.plots
+
+bench-libvirt: deps venv image
+	scripts/install-libvirt.sh
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.libvirt
 
 bench-control: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.control_plane

@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def make_key_and_csr(node_name: str) -> tuple[bytes, bytes]:
         .sign(key, hashes.SHA256())
     )
     return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
+
+
+_CLIENT_CONTEXTS: dict[tuple[str, tuple[int, ...]], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,17 @@ class PkiPaths:
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
-        """TLS client side: verifies the peer against the cluster CA, presents our cert."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_cert))
-        ctx.load_cert_chain(str(self.node_cert), str(self.node_key))
+        """TLS client side: verifies the peer against the cluster CA, presents our cert.
+        Built once per set of files (loading them costs more than a request to a peer)."""
+        stamp = tuple(p.stat().st_mtime_ns for p in (self.ca_cert, self.node_cert, self.node_key))
+        key = (str(self.folder), stamp)
+        with _CONTEXTS_LOCK:
+            ctx = _CLIENT_CONTEXTS.get(key)
+            if ctx is None:
+                ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_cert))
+                ctx.load_cert_chain(str(self.node_cert), str(self.node_key))
+                _CLIENT_CONTEXTS.clear()  # only the newest files matter
+                _CLIENT_CONTEXTS[key] = ctx
         return ctx
 
 

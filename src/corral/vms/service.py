@@ -3,13 +3,19 @@ checkpoint VMs through the hypervisor driver, keeping the records true to what r
 
 Recorded state is what this node last did or saw; `status` always asks the driver. When they
 differ (a VM killed behind the agent's back, one that died while the agent was down),
-`reconcile` records the truth with the reason.
+`reconcile` records the truth with the reason. Only listings (`describe_all`) may reuse an
+observation younger than LIST_STATUS_MAX_AGE, so many clients listing at once do not each
+ask every VM's monitor (measured in bench/control_plane.py); every decision asks afresh.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.base import (
@@ -24,6 +30,24 @@ from corral.vms.inventory import VmInventory, VmRecord
 from corral.vms.specs import VmRequest, resolve
 
 log = logging.getLogger(__name__)
+LIST_STATUS_MAX_AGE = 0.5  # seconds
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _changes_vm(method: F) -> F:
+    """The method changes VM `name`: listings ask afresh before and after it."""
+
+    @functools.wraps(method)
+    def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._forget(name)
+        try:
+            return method(self, name, *args, **kwargs)
+        finally:
+            self._forget(name)
+
+    return cast(F, wrapper)
 
 
 class VmService:
@@ -34,6 +58,8 @@ class VmService:
         self.inventory = inventory
         self.driver = driver
         self.dirs = dirs
+        self._seen: dict[str, tuple[float, RuntimeStatus]] = {}
+        self._seen_lock = threading.Lock()
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -54,18 +80,37 @@ class VmService:
         return self.dirs.layout(name)
 
     def status(self, name: str) -> RuntimeStatus:
-        return self.driver.status(self.layout(name))
+        """The VM's state, asked of the driver now."""
+        found = self.driver.status(self.layout(name))
+        with self._seen_lock:
+            self._seen[name] = (time.monotonic(), found)
+        return found
 
-    def describe(self, record: VmRecord) -> dict[str, Any]:
+    def _forget(self, name: str) -> None:
+        """The VM is about to change: listings must ask afresh."""
+        with self._seen_lock:
+            self._seen.pop(name, None)
+
+    def _recent_status(self, name: str) -> RuntimeStatus:
+        with self._seen_lock:
+            seen = self._seen.get(name)
+        if seen is not None and time.monotonic() - seen[0] < LIST_STATUS_MAX_AGE:
+            return seen[1]
+        return self.status(name)
+
+    def describe(self, record: VmRecord, *, recent: bool = False) -> dict[str, Any]:
+        """The record and its observed state (`recent`: an observation up to
+        LIST_STATUS_MAX_AGE old will do)."""
         info = record.to_json()
-        observed = self.status(record.name) if record.owner == self.node else None
+        ask = self._recent_status if recent else self.status
+        observed = ask(record.name) if record.owner == self.node else None
         info["observed"] = observed.state.value if observed else None
         info["pid"] = observed.pid if observed else None
         info["console_log"] = str(self.layout(record.name).console_log)
         return info
 
     def describe_all(self) -> list[dict[str, Any]]:
-        return [self.describe(r) for r in self.inventory.all()]
+        return [self.describe(r, recent=True) for r in self.inventory.all()]
 
     # -- definition ------------------------------------------------------------------------
 
@@ -93,6 +138,7 @@ class VmService:
             self.dirs.spec_file(spec.name).unlink(missing_ok=True)
             raise
 
+    @_changes_vm
     def delete(self, name: str, *, keep_disks: bool = False) -> None:
         """Remove a stopped VM: its runtime files, its spec and record (disks unless kept).
 
@@ -107,6 +153,7 @@ class VmService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @_changes_vm
     def start(self, name: str) -> RuntimeStatus:
         """Start the VM (nothing to do if it runs)."""
         record = self.local(name)
@@ -117,6 +164,7 @@ class VmService:
         self.inventory.set_state(name, RunState.RUNNING.value, "started")
         return status
 
+    @_changes_vm
     def stop(self, name: str, timeout: float) -> bool:
         """ACPI power-off, forced after `timeout`; True when the guest went by itself."""
         record = self.local(name)
@@ -126,6 +174,7 @@ class VmService:
         self.inventory.set_state(name, RunState.STOPPED.value, how)
         return graceful
 
+    @_changes_vm
     def kill(self, name: str) -> None:
         record = self.local(name)
         self.driver.kill(self.layout(name))
@@ -142,11 +191,13 @@ class VmService:
         except CorralError as exc:
             log.warning("cannot release what VM %s held: %s", record.name, exc)
 
+    @_changes_vm
     def pause(self, name: str) -> None:
         self._require_state(name, {RunState.RUNNING})
         self.driver.pause(self.layout(name))
         self.inventory.set_state(name, RunState.PAUSED.value, "paused")
 
+    @_changes_vm
     def resume(self, name: str) -> None:
         self._require_state(name, {RunState.PAUSED})
         self.driver.resume(self.layout(name))
@@ -197,6 +248,7 @@ class VmService:
 
     # -- checkpoints -----------------------------------------------------------------------
 
+    @_changes_vm
     def checkpoint(self, name: str, checkpoint: str, *, suspend: bool) -> CheckpointInfo:
         record = self.local(name)
         self._require_state(name, {RunState.RUNNING, RunState.PAUSED})
@@ -213,6 +265,7 @@ class VmService:
         self.record(name)
         return self.driver.list_checkpoints(self.layout(name))
 
+    @_changes_vm
     def restore(self, name: str, checkpoint: str) -> RuntimeStatus:
         record = self.local(name)
         status = self.driver.restore(record.spec, self.layout(name), checkpoint)
