@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from bench.harness import (
     migrate,
     spread,
 )
-from corral.lab import netns
+from corral.lab import netns, reaping
 from corral.lab.image import GuestImage, guest_cmdline
 from corral.lab.plan import LabNode, LabPlan
 from corral.lab.probes import PingMeter
@@ -96,7 +97,9 @@ def start_libvirtd(node: LabNode) -> Libvirtd:
         migration_address = "{address}"
         """)
     )
-    mounts = " && ".join(f"mount --bind {mine} {path}" for path, mine in dirs.items())
+    mounts = " && ".join(
+        f"mkdir -p {path} && mount --bind {mine} {path}" for path, mine in dirs.items()
+    )
     script = f"{mounts} && exec libvirtd --listen --pid-file {base}/libvirtd.pid"
     argv = netns.in_netns(
         node.netns, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
@@ -202,6 +205,11 @@ class Compare:
         return {"wall_s": wall, "downtime_ms": summary["downtime_ms"], "lost": sent - received}
 
 
+def _reap_until(stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        reaping.reap_zombie_children()
+
+
 def run(plan: LabPlan, runs: int) -> Result:
     img = image()
     result = Result(
@@ -217,6 +225,11 @@ def run(plan: LabPlan, runs: int) -> Result:
         " (min-max).",
         [("tool", "tool"), ("wall", "wall s"), ("downtime", "downtime ms"), ("lost", "pings lost")],
     )
+    # libvirt daemonizes QEMU, so an exited QEMU is re-parented to this process (the lab's
+    # subreaper; PID 1 here reaps nothing): reap it at once, or libvirt waits 40 s for it.
+    stop_reaping = threading.Event()
+    reaper = threading.Thread(target=_reap_until, args=(stop_reaping,), daemon=True)
+    reaper.start()
     daemons = [start_libvirtd(node) for node in plan.nodes]
     try:
         libvirt_ip = str(plan.guest_address(90).ip)
@@ -251,6 +264,7 @@ def run(plan: LabPlan, runs: int) -> Result:
         virsh(daemons[case.libvirt_node], "destroy", "lvguest", check=False)
         corral(plan.nodes[case.corral_node], "vm", "kill", "cvguest")
     finally:
+        stop_reaping.set()
         for daemon in daemons:
             daemon.process.terminate()
             try:
