@@ -111,7 +111,7 @@ def _throttle(line: dict[str, Any]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--dirty", type=int, default=64, help="MiB the guest rewrites")
     parser.add_argument("--bandwidth", type=int, default=16, help="MiB/s")
     parser.add_argument("--timeout", type=int, default=120, help="seconds")

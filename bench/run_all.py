@@ -21,7 +21,7 @@ def main() -> int:
         overhead.run(plan, runs, [256, 1024]).write(command)
         downtime.run(plan, runs, [0, 16, 64, 128]).write(command)
         throughput.run(plan, max(1, runs - 1), [1, 2, 4]).write(command)
-        convergence.run(plan, 1, dirty=64, bandwidth=16, timeout=120).write(command)
+        convergence.run(plan, 2, dirty=64, bandwidth=16, timeout=120).write(command)
         control_plane.run(plan, 200, 4, max(1, runs - 1)).write(command)
     for path in plots.plot_all():
         print(f"plot: {path}")
