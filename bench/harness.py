@@ -166,15 +166,7 @@ def bench_lab(nodes: int = 2) -> Iterator[LabPlan]:
 
 def corral(node: LabNode, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """The CLI as a person on `node` runs it."""
-    env = dict(os.environ, CORRAL_SOCKET=str(agents.agent_socket(node)))
-    return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return agents.run_cli(node, *args, timeout=timeout)
 
 
 def corral_ok(node: LabNode, *args: str) -> str:

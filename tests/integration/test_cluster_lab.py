@@ -11,7 +11,6 @@ import sqlite3
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,15 +36,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
 
 def corral(node: LabNode, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a person on `node` runs it (its agent's socket)."""
-    env = dict(os.environ, CORRAL_SOCKET=str(agents.agent_socket(node)))
-    return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return agents.run_cli(node, *args, timeout=120)
 
 
 def corral_json(node: LabNode, *args: str) -> Any:

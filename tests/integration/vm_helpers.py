@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 from corral.lab import agents
@@ -16,15 +14,7 @@ from corral.lab.plan import LabNode
 
 def corral(node: LabNode, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The CLI as a person on `node` runs it (its agent's socket)."""
-    env = dict(os.environ, CORRAL_SOCKET=str(agents.agent_socket(node)))
-    return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    return agents.run_cli(node, *args, timeout=timeout)
 
 
 def corral_ok(node: LabNode, *args: str) -> str:

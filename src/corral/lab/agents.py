@@ -152,3 +152,16 @@ def form_cluster(plan: LabPlan, timeout: float = 60.0) -> None:
 def stop_agents(plan: LabPlan) -> None:
     for node in plan.nodes:
         stop_agent(node)
+
+
+def run_cli(node: LabNode, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI as a person on `node` runs it: `corral ARGS` against that node's agent."""
+    env = dict(os.environ, CORRAL_SOCKET=str(agent_socket(node)))
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

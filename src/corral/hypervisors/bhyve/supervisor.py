@@ -21,17 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral.hypervisors.bhyve.runtime import read_json
+
 EXIT_REASONS = {0: "rebooted", 1: "powered off", 2: "halted", 3: "triple fault", 4: "error"}
 DEPARTURE_WAIT = 60.0  # how long an exit 0 waits for the sender's verdict
 FINAL = ("completed", "failed", "cancelled")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
