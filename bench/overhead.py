@@ -15,6 +15,7 @@ from bench.harness import (
     Result,
     bench_lab,
     command_line,
+    corral,
     create_vm,
     fmt,
     image,
@@ -112,6 +113,8 @@ def run(plan: LabPlan, runs: int, sizes: list[int]) -> Result:
                 )
         finally:
             case.floor.stop()
+            corral(plan.nodes[case.corral_node], "vm", "kill", case.vm)  # idle guests still
+            corral(plan.nodes[case.corral_node], "vm", "delete", case.vm)  # cost CPU here
     return result
 
 
