@@ -82,18 +82,24 @@ def bhyve_argv(
     return argv
 
 
-def destroy_argv(name: str) -> list[str]:
-    return [BHYVECTL, f"--vm={name}", "--destroy"]
+def destroy_argv(name: str, *, binary: str = BHYVECTL) -> list[str]:
+    return [binary, f"--vm={name}", "--destroy"]
 
 
-def checkpoint_argv(name: str, file: Path, *, suspend: bool) -> list[str]:
+def checkpoint_argv(name: str, file: Path, *, suspend: bool, binary: str = BHYVECTL) -> list[str]:
     """Memory in FILE, device and vCPU state in FILE.kern, metadata in FILE.meta."""
-    return [BHYVECTL, f"--vm={name}", f"--{'suspend' if suspend else 'checkpoint'}={file}"]
+    return [binary, f"--vm={name}", f"--{'suspend' if suspend else 'checkpoint'}={file}"]
 
 
 def migrate_argv(
-    name: str, host: str, port: int = MIGRATION_PORT, *, live: bool = True
+    name: str,
+    host: str,
+    port: int | str = MIGRATION_PORT,
+    *,
+    live: bool = True,
+    binary: str = BHYVECTL,
 ) -> list[str]:
-    """Warm (guest paused, then copied) or live (pre-copy in fixed rounds)."""
+    """Warm (guest paused, then copied) or live (pre-copy in fixed rounds); `port` may be a
+    placeholder the tunnel fills in."""
     flag = "--migrate-live" if live else "--migrate"
-    return [BHYVECTL, f"--vm={name}", f"{flag}={host},{port}"]
+    return [binary, f"--vm={name}", f"{flag}={host},{port}"]

@@ -42,7 +42,13 @@ from corral.hypervisors.base import (
 )
 from corral.hypervisors.bhyve import facts as bhyve_facts
 from corral.hypervisors.bhyve import network
-from corral.hypervisors.bhyve.cmdline import bhyve_argv, check_spec
+from corral.hypervisors.bhyve.cmdline import (
+    bhyve_argv,
+    check_spec,
+    checkpoint_argv,
+    destroy_argv,
+    migrate_argv,
+)
 from corral.hypervisors.bhyve.disks import copy_sparse
 from corral.hypervisors.bhyve.host import BhyveHost
 from corral.hypervisors.bhyve.runtime import Runtime, read_json, stopped, terminate
@@ -217,13 +223,14 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
             if bhyve is not None:
                 terminate(bhyve, signal.SIGKILL)
             if (self.host.vmm_dir / name).exists():
-                self._bhyvectl(name, "--destroy", check=False)
+                self._bhyvectl(destroy_argv(name, binary=self.host.bhyvectl), check=False)
         runtime.clean()
 
-    def _bhyvectl(self, name: str, *flags: str, check: bool = True) -> None:
+    def _bhyvectl(self, argv: list[str], *, check: bool = True) -> None:
+        flags = argv[2:]
         try:
             out = subprocess.run(
-                [self.host.bhyvectl, f"--vm={name}", *flags],
+                argv,
                 capture_output=True,
                 text=True,
                 timeout=180,
@@ -286,7 +293,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         runtime = Runtime(layout)
         runtime.mark("suspending", str(state))
         try:
-            self._bhyvectl(spec.name, f"--suspend={state}")
+            argv = checkpoint_argv(spec.name, state, suspend=True, binary=self.host.bhyvectl)
+            self._bhyvectl(argv)
             wait_for(lambda: runtime.supervisor_pid() is None, timeout=60, what="bhyve to suspend")
         except BaseException:
             runtime.unmark("suspending")
@@ -403,12 +411,12 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         runtime = Runtime(layout)
         runtime.unmark("send.json")
         runtime.mark("departing")  # from here an exit 0 may be the VM leaving, not a reboot
-        flag = "--migrate-live" if self.offer.live_migration else "--migrate"
         args = ["send", "--status", str(runtime.path("send.json")), "--to", f"{address}:{port}"]
         if tuning.tls_dir is not None:
             args += ["--tls-dir", str(tuning.tls_dir), "--hostname", tuning.tls_hostname or address]
         args += ["--bandwidth", str(tuning.bandwidth_bytes), "--"]
-        args += [self.host.bhyvectl, f"--vm={name}", f"{flag}=127.0.0.1,{{port}}"]
+        live = self.offer.live_migration
+        args += migrate_argv(name, "127.0.0.1", "{port}", live=live, binary=self.host.bhyvectl)
         runtime.spawn(RELAY, args, "send.pid")
 
     def migration_status(self, layout: VmLayout) -> MigrationStatus:
