@@ -37,15 +37,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _changes_vm(method: F) -> F:
-    """The method changes VM `name`: listings ask afresh before and after it."""
+    """The method changes VM `name`: it holds the VM's operation lock (so `reconcile` does
+    not judge the VM half-way, e.g. between a restore's kill and its new QEMU), and listings
+    ask afresh before and after it."""
 
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
-        self._forget(name)
-        try:
-            return method(self, name, *args, **kwargs)
-        finally:
+        with self.operating(name):
             self._forget(name)
+            try:
+                return method(self, name, *args, **kwargs)
+            finally:
+                self._forget(name)
 
     return cast(F, wrapper)
 
@@ -60,6 +63,13 @@ class VmService:
         self.dirs = dirs
         self._seen: dict[str, tuple[float, RuntimeStatus]] = {}
         self._seen_lock = threading.Lock()
+        self._vm_locks: dict[str, threading.RLock] = {}
+        self._vm_locks_lock = threading.Lock()
+
+    def operating(self, name: str) -> threading.RLock:
+        """The lock held while an operation changes VM `name` (re-entrant)."""
+        with self._vm_locks_lock:
+            return self._vm_locks.setdefault(name, threading.RLock())
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -227,24 +237,39 @@ class VmService:
         for record in self.inventory.all():
             if record.owner != self.node:
                 continue
+            lock = self.operating(record.name)
+            if not lock.acquire(blocking=False):
+                continue  # an operation is changing it; judge it next time
             try:
-                observed = self.status(record.name).state
-            except CorralError as exc:
-                log.warning("cannot observe VM %s: %s", record.name, exc)
-                continue
-            if observed in (RunState.STARTING, RunState.INCOMING, RunState.SHUTTING_DOWN):
-                continue  # transitional: a task is working on it
-            if observed.value != record.state:
-                reason = (
-                    "found stopped: its process died or was killed outside corral"
-                    if observed == RunState.STOPPED
-                    else f"found {observed.value}"
-                )
-                if observed == RunState.STOPPED:
-                    self._release(record)
-                self.inventory.set_state(record.name, observed.value, reason)
-                changes.append((record.name, record.state, observed.value))
+                change = self._reconcile_one(record)
+            finally:
+                lock.release()
+            if change is not None:
+                changes.append(change)
         return changes
+
+    def _reconcile_one(self, record: VmRecord) -> tuple[str, str, str] | None:
+        try:
+            current = self.inventory.get(record.name)  # as of now, under the VM's lock
+            observed = self.status(record.name).state
+        except CorralError as exc:
+            log.warning("cannot observe VM %s: %s", record.name, exc)
+            return None
+        if current.owner != self.node:
+            return None
+        if observed in (RunState.STARTING, RunState.INCOMING, RunState.SHUTTING_DOWN):
+            return None  # transitional: a task is working on it
+        if observed.value == current.state:
+            return None
+        reason = (
+            "found stopped: its process died or was killed outside corral"
+            if observed == RunState.STOPPED
+            else f"found {observed.value}"
+        )
+        if observed == RunState.STOPPED:
+            self._release(current)
+        self.inventory.set_state(current.name, observed.value, reason)
+        return (current.name, current.state, observed.value)
 
     # -- checkpoints -----------------------------------------------------------------------
 
