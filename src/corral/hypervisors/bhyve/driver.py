@@ -51,7 +51,8 @@ from corral.hypervisors.bhyve.cmdline import (
 )
 from corral.hypervisors.bhyve.disks import copy_sparse
 from corral.hypervisors.bhyve.host import BhyveHost
-from corral.hypervisors.bhyve.runtime import Runtime, read_json, stopped, terminate
+from corral.hypervisors.bhyve.runtime import Runtime, read_json, stopped
+from corral.hypervisors.processes import log_tail, terminate
 from corral.hypervisors.tls_files import tls_dir_for
 from corral.model import VmSpec, spec_digest
 from corral.waiting import WaitTimeout, wait_for
@@ -66,13 +67,6 @@ def _free_local_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _log_tail(layout: VmLayout, size: int = 600) -> str:
-    try:
-        return layout.process_log.read_text(errors="replace")[-size:].strip()
-    except FileNotFoundError:
-        return ""
 
 
 class BhyveDriver(HypervisorDriver, MigrationDriver):
@@ -165,9 +159,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         def created() -> int | None:
             if proc.poll() is not None:
                 ended = read_json(runtime.path("exit.json")) or {}
-                raise HypervisorError(
-                    f"bhyve exited ({ended.get('reason', 'unknown')}): {_log_tail(layout)}"
-                )
+                why = ended.get("reason", "unknown")
+                raise HypervisorError(f"bhyve exited ({why}): {log_tail(layout.process_log)}")
             pid = runtime.bhyve_pid(spec.name)
             return pid if pid is not None and (self.host.vmm_dir / spec.name).exists() else None
 
@@ -382,7 +375,9 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         def listening() -> bool:
             state = (read_json(runtime.path("receive.json")) or {}).get("state")
             if state == "failed":
-                raise HypervisorError(f"the migration tunnel failed: {_log_tail(layout)}")
+                raise HypervisorError(
+                    f"the migration tunnel failed: {log_tail(layout.process_log)}"
+                )
             return state == "listening"
 
         try:
@@ -394,7 +389,7 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
     def migration_incoming_done(self, layout: VmLayout) -> bool:
         runtime = Runtime(layout)
         if runtime.bhyve_pid(self._name(layout)) is None:
-            raise HypervisorError(f"the incoming bhyve exited: {_log_tail(layout)}")
+            raise HypervisorError(f"the incoming bhyve exited: {log_tail(layout.process_log)}")
         tunnel = read_json(runtime.path("receive.json")) or {}
         if tunnel.get("state") == "failed":
             raise HypervisorError(f"the migration tunnel failed: {tunnel.get('error')}")
@@ -425,7 +420,7 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         if tunnel is None:
             if runtime.relay_pid("send") is None:
                 return MigrationStatus(
-                    "failed", error=f"the tunnel did not start: {_log_tail(layout)}"
+                    "failed", error=f"the tunnel did not start: {log_tail(layout.process_log)}"
                 )
             return MigrationStatus("setup")
         state = str(tunnel["state"])

@@ -12,8 +12,6 @@ Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 
 from corral.commands import pid_alive
 from corral.hypervisors.base import VmLayout
-from corral.waiting import WaitTimeout, wait_for
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -122,18 +119,3 @@ class Runtime:
             "receive.pid",
         ):
             self.unmark(name)
-
-
-def terminate(pid: int, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> bool:
-    """Send `sig`, then SIGKILL after `timeout`; True if it went on the first signal."""
-    for signum, wait in ((sig, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            return signum == sig
-        try:
-            wait_for(lambda: not pid_alive(pid), timeout=wait, what=f"process {pid} to exit")
-            return signum == sig
-        except WaitTimeout:
-            continue
-    return False

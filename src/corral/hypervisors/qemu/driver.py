@@ -26,6 +26,7 @@ from corral.hypervisors.base import (
     RuntimeStatus,
     VmLayout,
 )
+from corral.hypervisors.processes import log_tail
 from corral.hypervisors.qemu import checkpoints, migration, process
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
@@ -305,7 +306,7 @@ class QemuDriver(HypervisorDriver, MigrationDriver):
 
     def migration_incoming_done(self, layout: VmLayout) -> bool:
         if process.find_pid(layout) is None:
-            log = process.log_tail(layout.process_log)
+            log = log_tail(layout.process_log)
             raise HypervisorError(f"the incoming QEMU exited: {log}")
         state = migration.incoming_state(layout)
         if state == "paused":  # the source was paused at the end (a forced completion)

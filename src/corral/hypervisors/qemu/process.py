@@ -4,15 +4,15 @@ line names our control socket, so a recycled PID is never mistaken for a VM."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 from pathlib import Path
 
 from corral.commands import pid_alive
 from corral.errors import HypervisorError
+from corral.hypervisors import processes
 from corral.hypervisors.base import VmLayout
+from corral.hypervisors.processes import log_tail
 from corral.waiting import WaitTimeout, wait_for
 
 # Children of this process, kept so that their exit is reaped (no zombies while we live).
@@ -25,13 +25,6 @@ def reap_children() -> None:
         for pid, proc in list(_children.items()):
             if proc.poll() is not None:
                 del _children[pid]
-
-
-def log_tail(path: Path, size: int = 600) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:].strip()
-    except FileNotFoundError:
-        return ""
 
 
 def spawn(argv: list[str], layout: VmLayout, timeout: float = 30.0) -> int:
@@ -88,17 +81,8 @@ def find_pid(layout: VmLayout) -> int | None:
 
 
 def terminate(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            wait_for(lambda: not pid_alive(pid), timeout=wait, what=f"QEMU {pid} to exit")
-            break
-        except WaitTimeout:
-            continue
+    """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone (reaped)."""
+    processes.terminate(pid, timeout=timeout)
     reap_children()
 
 
