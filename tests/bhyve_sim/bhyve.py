@@ -53,6 +53,8 @@ EMULATIONS = {
     "passthru",
     "hda",
 }
+# bhyve picks a NIC's backend by the device name's prefix (net_backends.c); others fail.
+NET_BACKENDS = ("tap", "vmnet", "netgraph", "netmap:", "vale")
 LIVE_ROUNDS = 3
 CHUNK_PAGES = 256
 USAGE = (
@@ -143,6 +145,13 @@ class Vm:
             path = Path(conf.split(",")[0])
             if not path.is_file():
                 raise Refused(f"Could not open backing file: {path}: No such file or directory")
+        if emulation in ("virtio-net", "e1000"):
+            device = conf.split(",")[0]
+            if not device.startswith(NET_BACKENDS):
+                raise Refused(
+                    f'net backend initialization failed: no backend for "{device}"\n'
+                    "device emulation initialization error: Invalid argument"
+                )
         self.devices.append(f"{slot},{emulation}")
 
     def _lpc(self, value: str) -> None:

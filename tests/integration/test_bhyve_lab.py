@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from corral import commands
 from corral.lab import agents
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig, LabNode, LabPlan
@@ -30,7 +31,18 @@ threads = 1
 [[disks]]
 size_mib = 8
 format = "raw"
+[[nics]]
+bridge = "br0"
 """
+
+
+def taps_on_bridge(node: LabNode) -> list[str]:
+    """The tap (tun-kind) interfaces on the node's bridge, in its namespace."""
+    argv = ["ip", "-n", node.netns, "-d", "-j", "link", "show", "master", node.bridge]
+    links = json.loads(commands.run(argv).stdout or "[]")
+    return [
+        str(link["ifname"]) for link in links if link.get("linkinfo", {}).get("info_kind") == "tun"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +80,10 @@ def test_a_vm_created_on_bhyve_migrates_and_comes_back(
     corral_ok(node1, "vm", "create", "bsd", "--spec", str(spec), "--start")
     assert corral_json(node1, "node", "list")[0]["facts"]["hypervisor"] == "bhyve"
     before = seq_after(node1, "bsd", 2)
+    # bhyve opens its NIC's backend by the device name: a FreeBSD-style tapN, on the bridge.
+    [tap] = taps_on_bridge(node1)
+    assert tap.startswith("tap")
+    assert tap[3:].isdigit()
 
     code, lines, stderr = migrate(node1, "bsd", "node2")
     assert code == 0, stderr
@@ -82,6 +98,9 @@ def test_a_vm_created_on_bhyve_migrates_and_comes_back(
     assert seq_after(node2, "bsd", before) > before
     console = console_lines(node2, "bsd")
     assert not [ln for ln in console if "BOOTED" in ln]  # it arrived running: no boot here
+    assert taps_on_bridge(node1) == []  # the source gave its tap back
+    [arrived] = taps_on_bridge(node2)
+    assert arrived.startswith("tap")
     tunnel = json.loads((node2.local_dir / "run" / "vms" / "bsd" / "receive.json").read_text())
     assert tunnel["peer"] == str(node1.migration_address.ip)  # over the migration network
     phases = [

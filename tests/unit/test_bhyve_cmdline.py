@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import UserInputError
+from corral.errors import HypervisorError, UserInputError
 from corral.hypervisors.bhyve.cmdline import (
     bhyve_argv,
     checkpoint_argv,
@@ -86,6 +86,29 @@ def test_bhyvectl_commands() -> None:
         "--migrate-live=10.0.0.2,24983",
     ]
     assert migrate_argv("web1", "10.0.0.2", 4000, live=False)[-1] == "--migrate=10.0.0.2,4000"
+
+
+def test_nics_run_on_the_tap_devices_given() -> None:
+    argv = bhyve_argv(spec(), console="c", taps=["tap1234"])
+    assert "3,virtio-net,tap1234,mac=52:54:00:00:00:07" in argv  # slot 2 is the disk
+    with pytest.raises(UserInputError) as refused:
+        bhyve_argv(spec(), console="c", taps=["vt1234abcd0"])
+    assert refused.value.field == "nics[0].tap"
+    assert "no network backend" in str(refused.value)
+
+
+def test_a_free_tap_unit_is_chosen_from_the_name() -> None:
+    from corral.hypervisors.bhyve import network
+
+    first = network.tap_device("vtabcdef010", lambda d: False)
+    assert first == network.tap_device("vtabcdef010", lambda d: False)  # the same each time
+    assert first.startswith("tap")
+    assert int(first[3:]) in network.TAP_UNITS
+    second = network.tap_device("vtabcdef010", lambda d: d == first)
+    assert second != first
+    assert int(second[3:]) in network.TAP_UNITS
+    with pytest.raises(HypervisorError, match="no free tap unit"):
+        network.tap_device("vtabcdef010", lambda d: True)
 
 
 def test_taps_on_freebsd_are_made_with_ifconfig() -> None:

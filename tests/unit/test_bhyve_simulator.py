@@ -46,6 +46,12 @@ def test_bhyve_refuses_a_missing_disk_and_an_unknown_device(host: SimHost) -> No
     assert 'unknown device "floppy"' in unknown.stderr
 
 
+def test_bhyve_refuses_a_nic_device_of_no_known_backend(host: SimHost) -> None:
+    out = tool(host, "bhyve", "-s", "2,virtio-net,vt1234abcd0,mac=52:54:00:00:00:01", "vm")
+    assert out.returncode == 4
+    assert 'no backend for "vt1234abcd0"' in out.stderr
+
+
 def test_every_flag_the_driver_builds_is_accepted(host: SimHost, tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(b"")

@@ -5,11 +5,14 @@ From bhyve(8) and bhyvectl(8), and the FreeBSD-UPB migration work CBSD's `bmigra
 the VM's name last; `-S` wires guest memory, which live migration requires; `-r FILE`
 restores a checkpoint; `-R HOST[,PORT]` waits for a migration from HOST (port 24983 by
 default). bhyve reads raw disk images only and boots from UEFI firmware (or bhyveload for
-FreeBSD guests); it cannot load a Linux kernel directly.
+FreeBSD guests); it cannot load a Linux kernel directly. bhyve picks a NIC's network
+backend by the device name's prefix (`tap`, `vmnet`, `netgraph`, `netmap:`, `vale`), so the
+device given to virtio-net is a FreeBSD `tapN`, never corral's own tap name (network.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from corral.errors import UserInputError
@@ -20,6 +23,7 @@ BHYVECTL = "bhyvectl"
 MIGRATION_PORT = 24983
 UEFI_FIRMWARE = Path("/usr/local/share/uefi-firmware/BHYVE_UEFI.fd")
 FIRST_DEVICE_SLOT = 2  # 0: hostbridge; 31: lpc
+NET_BACKEND_PREFIXES = ("tap", "vmnet", "netgraph", "netmap:", "vale")
 
 
 def check_spec(spec: VmSpec) -> None:
@@ -47,10 +51,24 @@ def bhyve_argv(
     restore_from: Path | None = None,
     receive_from: tuple[str, int] | None = None,
     binary: str = BHYVE,
+    taps: Sequence[str] | None = None,
 ) -> list[str]:
     """The bhyve command that runs `spec`; `restore_from` a checkpoint, or `receive_from`
-    (host, port) a migration. `console` is a file or an nmdm device for com1."""
+    (host, port) a migration. `console` is a file or an nmdm device for com1. `taps`: the
+    host device of each NIC (default: the spec's tap names).
+
+    :raise UserInputError: naming what bhyve cannot run."""
     check_spec(spec)
+    devices = list(taps) if taps is not None else [nic.tap for nic in spec.nics]
+    if len(devices) != len(spec.nics):
+        raise ValueError(f"{len(devices)} tap devices for {len(spec.nics)} NICs")
+    for i, device in enumerate(devices):
+        if not device.startswith(NET_BACKEND_PREFIXES):
+            raise UserInputError(
+                f"nics[{i}].tap",
+                f"bhyve has no network backend for {device!r}: the device name must start"
+                f" with one of {', '.join(NET_BACKEND_PREFIXES)}",
+            )
     topo = spec.cpu.effective_topology
     argv = [
         binary,
@@ -69,8 +87,8 @@ def bhyve_argv(
     for disk in spec.disks:
         argv += ["-s", f"{slot},virtio-blk,{disk.path}"]
         slot += 1
-    for nic in spec.nics:
-        argv += ["-s", f"{slot},virtio-net,{nic.tap},mac={nic.mac}"]
+    for nic, device in zip(spec.nics, devices, strict=True):
+        argv += ["-s", f"{slot},virtio-net,{device},mac={nic.mac}"]
         slot += 1
     argv += ["-s", "31,lpc", "-l", f"com1,{console}", "-l", f"bootrom,{firmware}"]
     if restore_from is not None:

@@ -69,6 +69,9 @@ def _free_local_port() -> int:
         return port
 
 
+_TAP_LOCK = threading.Lock()  # choosing a free tap and creating it is one step
+
+
 class BhyveDriver(HypervisorDriver, MigrationDriver):
     name = "bhyve"
     migration_features: frozenset[str] = frozenset()
@@ -109,8 +112,9 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         runtime = Runtime(layout)
         if runtime.supervisor_pid() is not None or runtime.bhyve_pid(spec.name) is not None:
             raise HypervisorError(f"VM {spec.name} is running; stop it first")
-        for nic in spec.nics:
-            network.remove_tap(nic.tap)
+        for device in runtime.taps():
+            network.remove_tap(device)
+        runtime.unmark("taps.json")
         if keep_logs:
             runtime.clean()
             for tls in layout.runtime_dir.glob("tls-*"):
@@ -136,6 +140,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         runtime = Runtime(layout)
         if runtime.supervisor_pid() is not None or runtime.bhyve_pid(spec.name) is not None:
             raise HypervisorError(f"VM {spec.name} already runs here")
+        layout.runtime_dir.mkdir(parents=True, exist_ok=True)
+        taps = self._taps(spec, runtime)
         argv = bhyve_argv(
             spec,
             console=str(layout.console_log),
@@ -143,15 +149,13 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
             restore_from=restore_from,
             receive_from=receive_from,
             binary=self.host.bhyve,
+            taps=taps,
         )
-        layout.runtime_dir.mkdir(parents=True, exist_ok=True)
         runtime.clean()
         runtime.unmark("exit.json")
         runtime.mark("vm.json", json.dumps({"name": spec.name, "memory": spec.memory_mib << 20}))
         if receive_from is not None:
             runtime.mark("incoming")
-        for nic in spec.nics:
-            network.ensure_tap(nic.tap, nic.bridge)
         args = [str(layout.runtime_dir), self.host.bhyvectl, spec.name, "--", *argv]
         proc = runtime.spawn(SUPERVISOR, args, "supervisor.pid")
         threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
@@ -169,6 +173,26 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         except WaitTimeout:
             self.kill(layout)
             raise
+
+    def _taps(self, spec: VmSpec, runtime: Runtime) -> list[str]:
+        """The VM's tap devices, on their bridges: the ones it had here if it had them (a
+        restart, a restore), else free ones (network.tap_device), recorded in taps.json."""
+        with _TAP_LOCK:
+            devices = runtime.taps()
+            if len(devices) != len(spec.nics):
+                for device in devices:
+                    network.remove_tap(device)
+                devices = []
+
+                def taken(device: str) -> bool:
+                    return device in devices or network.interface_exists(device)
+
+                for nic in spec.nics:
+                    devices.append(network.tap_device(nic.tap, taken))
+            runtime.mark("taps.json", json.dumps({"devices": devices}))
+            for nic, device in zip(spec.nics, devices, strict=True):
+                network.ensure_tap(device, nic.bridge)
+        return devices
 
     def start(self, spec: VmSpec, layout: VmLayout, *, paused: bool = False) -> RuntimeStatus:
         pid = self._launch(spec, layout)

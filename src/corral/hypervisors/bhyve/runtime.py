@@ -82,6 +82,12 @@ class Runtime:
     def vm(self) -> dict[str, Any]:
         return read_json(self.path("vm.json")) or {}
 
+    def taps(self) -> list[str]:
+        """The tap devices this VM's NICs run on here (network.tap_device), in NIC order."""
+        found = read_json(self.path("taps.json")) or {}
+        devices = found.get("devices", [])
+        return [str(d) for d in devices] if isinstance(devices, list) else []
+
     def mark(self, name: str, text: str = "") -> None:
         self.path(name).write_text(text)
 
