@@ -2,16 +2,19 @@
 VM half-way through an operation. A restore kills the running hypervisor and starts the
 restored one; a reconcile in between once found the VM "stopped", released its taps and
 sockets under the new process and recorded it stopped (seen in CI as a restored guest that
-no ping reached). Driven on the bhyve simulator so the window can be hit every time."""
+no ping reached). And a migration holds its VM: other operations are refused meanwhile.
+Driven on the bhyve simulator so the windows can be hit every time."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from corral.database import Database
+from corral.errors import ConflictError
 from corral.hypervisors.base import RunState, VmLayout
 from corral.hypervisors.bhyve.driver import BhyveDriver
 from corral.hypervisors.bhyve.host import BhyveHost
@@ -70,3 +73,42 @@ def test_reconcile_waits_for_an_operation_and_judges_afterwards(
         assert service.record("race").state == RunState.STOPPED.value
     finally:
         service.driver.kill(service.layout("race"))
+
+
+def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) -> None:
+    request = VmRequest.model_validate(
+        {"name": "moving", "memory_mib": 64, "disks": [{"size_mib": 8, "format": "raw"}]}
+    )
+    service.create(request)
+    service.start("moving")
+    try:
+        service.checkpoint("moving", "c1", suspend=False)
+        with service.hold("moving", "migrating to node2"):
+            refusals: dict[str, Callable[[], object]] = {
+                "start": lambda: service.start("moving"),
+                "stop": lambda: service.stop("moving", 1),
+                "pause": lambda: service.pause("moving"),
+                "checkpoint": lambda: service.checkpoint("moving", "c2", suspend=False),
+                "restore": lambda: service.restore("moving", "c1"),
+                "delete": lambda: service.delete("moving"),
+                "queue": lambda: service.changeable("moving"),
+            }
+            for what, call in refusals.items():
+                with pytest.raises(ConflictError, match="is migrating to node2; wait") as why:
+                    call()
+                assert "corral migrate --cancel moving" in str(why.value), what
+            second = service.hold("moving", "migrating to node3")
+            with pytest.raises(ConflictError, match="is migrating to node2"):
+                second.__enter__()
+            # The VM ran on untouched; reconcile leaves a held VM to what holds it.
+            assert service.status("moving").state == RunState.RUNNING
+            service.driver.kill(service.layout("moving"))
+            assert service.reconcile() == []
+            assert service.record("moving").state == RunState.RUNNING.value
+            service.kill("moving")  # kill is allowed: an emergency stop
+            assert service.record("moving").state == RunState.STOPPED.value
+        assert service.held("moving") is None
+        service.start("moving")  # free again
+        assert service.status("moving").state == RunState.RUNNING
+    finally:
+        service.driver.kill(service.layout("moving"))

@@ -50,13 +50,13 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     @app.post("/v1/vms/{name}/start", tags=["vms"], status_code=202)
     def start_vm(name: VmName, request: Request) -> dict[str, Any]:
         """Start the VM (a task)."""
-        vms.local(name)
+        vms.changeable(name)
         return task("vm.start", {"vm": name}, request)
 
     @app.post("/v1/vms/{name}/stop", tags=["vms"], status_code=202)
     def stop_vm(name: VmName, body: StopRequest, request: Request) -> dict[str, Any]:
         """ACPI power-off, forced after `timeout` seconds (a task)."""
-        vms.local(name)
+        vms.changeable(name)
         return task("vm.stop", {"vm": name, "timeout": body.timeout}, request)
 
     @app.post("/v1/vms/{name}/kill", tags=["vms"])
@@ -87,7 +87,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     @app.post("/v1/vms/{name}/checkpoints", tags=["checkpoints"], status_code=202)
     def create_checkpoint(name: VmName, body: CheckpointCreate, request: Request) -> dict[str, Any]:
         """Save the VM's memory, devices and disks (a task); it runs on unless `suspend`."""
-        vms.local(name)
+        vms.changeable(name)
         return task(
             "checkpoint.create", {"vm": name, "name": body.name, "suspend": body.suspend}, request
         )
@@ -99,7 +99,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         name: VmName, checkpoint: CheckpointName, request: Request
     ) -> dict[str, Any]:
         """Bring the VM back exactly as the checkpoint saved it (a task)."""
-        vms.local(name)
+        vms.changeable(name)
         return task("checkpoint.restore", {"vm": name, "name": checkpoint}, request)
 
     @app.delete("/v1/vms/{name}/checkpoints/{checkpoint}", tags=["checkpoints"])

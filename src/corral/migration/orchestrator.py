@@ -403,6 +403,8 @@ class SourceMigration:
 def run_source(services: MigrationServices, ctx: TaskContext) -> dict[str, Any]:
     opts = MigrationOptions.model_validate(ctx.args["options"])
     try:
-        return SourceMigration(services, opts, str(ctx.args["migration_id"]), ctx).run()
+        # Other operations on the VM (but kill) are refused until the migration ends.
+        with services.vms.hold(opts.vm, f"migrating to {opts.target}"):
+            return SourceMigration(services, opts, str(ctx.args["migration_id"]), ctx).run()
     except HypervisorError as exc:
         raise MigrationFailed(str(exc)) from exc

@@ -10,11 +10,12 @@ ask every VM's monitor (measured in bench/control_plane.py); every decision asks
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from corral.errors import ConflictError, CorralError, NotFoundError
@@ -37,12 +38,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _changes_vm(method: F) -> F:
-    """The method changes VM `name`: it holds the VM's operation lock (so `reconcile` does
-    not judge the VM half-way, e.g. between a restore's kill and its new QEMU), and listings
-    ask afresh before and after it."""
+    """The method changes VM `name`: it is refused while a migration holds the VM (see
+    `hold`), it holds the VM's operation lock (so `reconcile` does not judge the VM
+    half-way, e.g. between a restore's kill and its new QEMU), and listings ask afresh
+    before and after it."""
+    return _operation(method, while_held=False)
 
+
+def _emergency(method: F) -> F:
+    """Like `_changes_vm`, but allowed while a migration holds the VM (kill: the migration
+    then fails and rolls back or reports the VM lost, as for any dead hypervisor)."""
+    return _operation(method, while_held=True)
+
+
+def _operation(method: F, *, while_held: bool) -> F:
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not while_held:
+            self._refuse_if_held(name)
         with self.operating(name):
             self._forget(name)
             try:
@@ -65,11 +78,43 @@ class VmService:
         self._seen_lock = threading.Lock()
         self._vm_locks: dict[str, threading.RLock] = {}
         self._vm_locks_lock = threading.Lock()
+        self._held: dict[str, str] = {}  # VM -> what holds it ("migrating to node2")
 
     def operating(self, name: str) -> threading.RLock:
         """The lock held while an operation changes VM `name` (re-entrant)."""
         with self._vm_locks_lock:
             return self._vm_locks.setdefault(name, threading.RLock())
+
+    @contextlib.contextmanager
+    def hold(self, name: str, why: str) -> Iterator[None]:
+        """Hold VM `name` for a long operation that drives the hypervisor itself (a
+        migration): other operations but kill are refused meanwhile, naming `why`, and
+        reconcile leaves the VM to it. A restore or a start on the source during a
+        migration could otherwise run a second copy of a VM that already runs on the target.
+
+        :raise ConflictError: something else holds it."""
+        with self._vm_locks_lock:
+            if name in self._held:
+                raise ConflictError(f"VM {name} is {self._held[name]}")
+            self._held[name] = why
+        try:
+            yield
+        finally:
+            with self._vm_locks_lock:
+                self._held.pop(name, None)
+
+    def held(self, name: str) -> str | None:
+        """What holds VM `name`, if anything."""
+        with self._vm_locks_lock:
+            return self._held.get(name)
+
+    def _refuse_if_held(self, name: str) -> None:
+        why = self.held(name)
+        if why is not None:
+            raise ConflictError(
+                f"VM {name} is {why}; wait until it finishes or cancel it"
+                f" (corral migrate --cancel {name})"
+            )
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -84,6 +129,15 @@ class VmService:
         record = self.inventory.get(name)
         if record.owner != self.node:
             raise ConflictError(f"VM {name} is owned by {record.owner}; use --node {record.owner}")
+        return record
+
+    def changeable(self, name: str) -> VmRecord:
+        """The VM's record, if this node owns it and no migration holds it (asked before an
+        operation is queued as a task; the operation asks again when it runs).
+
+        :raise ConflictError: another node owns it, or a migration holds it."""
+        record = self.local(name)
+        self._refuse_if_held(name)
         return record
 
     def layout(self, name: str) -> VmLayout:
@@ -184,7 +238,7 @@ class VmService:
         self.inventory.set_state(name, RunState.STOPPED.value, how)
         return graceful
 
-    @_changes_vm
+    @_emergency
     def kill(self, name: str) -> None:
         record = self.local(name)
         self.driver.kill(self.layout(name))
@@ -235,8 +289,8 @@ class VmService:
         record; returns (vm, recorded, observed) for each change."""
         changes = []
         for record in self.inventory.all():
-            if record.owner != self.node:
-                continue
+            if record.owner != self.node or self.held(record.name) is not None:
+                continue  # another node's, or a migration drives it
             lock = self.operating(record.name)
             if not lock.acquire(blocking=False):
                 continue  # an operation is changing it; judge it next time
