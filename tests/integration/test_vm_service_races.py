@@ -110,5 +110,11 @@ def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) 
         assert service.held("moving") is None
         service.start("moving")  # free again
         assert service.status("moving").state == RunState.RUNNING
+        # A hypervisor that died while held is recorded as soon as the holder asks.
+        with service.hold("moving", "migrating to node2"):
+            service.driver.kill(service.layout("moving"))
+            assert service.reconcile_vm("moving") is None  # still held: left alone
+        assert service.reconcile_vm("moving") == ("moving", "running", "stopped")
+        assert service.record("moving").state == RunState.STOPPED.value
     finally:
         service.driver.kill(service.layout("moving"))

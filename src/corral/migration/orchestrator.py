@@ -408,3 +408,13 @@ def run_source(services: MigrationServices, ctx: TaskContext) -> dict[str, Any]:
             return SourceMigration(services, opts, str(ctx.args["migration_id"]), ctx).run()
     except HypervisorError as exc:
         raise MigrationFailed(str(exc)) from exc
+    finally:
+        # Reconcile left the VM to the migration: record now what runs (a QEMU that died
+        # during the migration is recorded stopped before the caller hears the outcome).
+        try:
+            change = services.vms.reconcile_vm(opts.vm)
+        except CorralError as exc:
+            ctx.log(f"could not observe {opts.vm} after the migration: {exc}")
+        else:
+            if change is not None:
+                ctx.log(f"VM {opts.vm} was recorded {change[1]} but is {change[2]}")

@@ -302,6 +302,19 @@ class VmService:
                 changes.append(change)
         return changes
 
+    def reconcile_vm(self, name: str) -> tuple[str, str, str] | None:
+        """Record VM `name`'s observed state now if it differs (waiting for an operation on
+        it to end); what `reconcile` does for one VM, for an operation that just released
+        the VM (a migration that failed because its QEMU died)."""
+        with self.operating(name):
+            try:
+                record = self.inventory.get(name)
+            except NotFoundError:
+                return None  # it left (a migration handed it off)
+            if record.owner != self.node or self.held(name) is not None:
+                return None
+            return self._reconcile_one(record)
+
     def _reconcile_one(self, record: VmRecord) -> tuple[str, str, str] | None:
         try:
             current = self.inventory.get(record.name)  # as of now, under the VM's lock
