@@ -198,7 +198,11 @@ def test_cancel_in_mid_transfer_leaves_the_vm_on_the_source_only(
     # While it migrates, the VM is held: other operations are refused, naming the migration,
     # and queue nothing (a restore here could run a second copy beside the target's).
     tasks_before = len(corral_json(node1, "task", "list"))
-    for args in (("vm", "stop", "slow"), ("checkpoint", "restore", "slow", "c1")):
+    for args in (
+        ("vm", "stop", "slow"),
+        ("checkpoint", "restore", "slow", "c1"),
+        ("migrate", "slow", "--recover"),
+    ):
         refused = corral(node1, *args)
         assert refused.returncode == 4, refused.stderr
         assert "slow is migrating to node2" in refused.stderr
