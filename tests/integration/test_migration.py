@@ -207,6 +207,10 @@ def test_cancel_in_mid_transfer_leaves_the_vm_on_the_source_only(
         assert refused.returncode == 4, refused.stderr
         assert "slow is migrating to node2" in refused.stderr
     assert len(corral_json(node1, "task", "list")) == tasks_before
+    assert corral_json(node1, "vm", "show", "slow")["held"] == "migrating to node2"
+    assert "held         migrating to node2" in corral_ok(node1, "vm", "show", "slow")
+    listed = {vm["name"]: vm["held"] for vm in corral_json(node1, "vm", "list")}
+    assert listed["slow"] == "migrating to node2"
     corral_ok(node1, "migrate", "slow", "--cancel")
     thread.join(timeout=120)
     out = holder["out"]

@@ -35,16 +35,21 @@ def service(tmp_path: Path) -> VmService:
     return VmService("node1", VmInventory(Database(tmp_path / "node.db")), driver, dirs)
 
 
+def run_with_checkpoint(service: VmService, name: str) -> None:
+    """Define VM `name`, start it and save checkpoint c1 of it."""
+    request = VmRequest.model_validate(
+        {"name": name, "memory_mib": 64, "disks": [{"size_mib": 8, "format": "raw"}]}
+    )
+    service.create(request)
+    service.start(name)
+    service.checkpoint(name, "c1", suspend=False)
+
+
 def test_reconcile_waits_for_an_operation_and_judges_afterwards(
     service: VmService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    request = VmRequest.model_validate(
-        {"name": "race", "memory_mib": 64, "disks": [{"size_mib": 8, "format": "raw"}]}
-    )
-    service.create(request)
-    service.start("race")
     try:
-        service.checkpoint("race", "c1", suspend=False)
+        run_with_checkpoint(service, "race")
         driver = service.driver
         assert isinstance(driver, BhyveDriver)
         kill = driver.kill
@@ -76,13 +81,8 @@ def test_reconcile_waits_for_an_operation_and_judges_afterwards(
 
 
 def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) -> None:
-    request = VmRequest.model_validate(
-        {"name": "moving", "memory_mib": 64, "disks": [{"size_mib": 8, "format": "raw"}]}
-    )
-    service.create(request)
-    service.start("moving")
     try:
-        service.checkpoint("moving", "c1", suspend=False)
+        run_with_checkpoint(service, "moving")
         with service.hold("moving", "migrating to node2"):
             refusals: dict[str, Callable[[], object]] = {
                 "start": lambda: service.start("moving"),

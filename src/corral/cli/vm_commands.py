@@ -161,6 +161,8 @@ def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
         state = observed or vm["state"]
         if observed and observed != vm["state"]:
             state = f"{observed} (recorded {vm['state']})"
+        if vm.get("held"):
+            state += f", {vm['held']}"
         table.add_row(
             vm["name"],
             vm["owner"],
@@ -186,6 +188,8 @@ def show_command(vm: VmArg, node: NodeOption = None, json_out: JsonOption = Fals
         return
     for key in ("name", "owner", "state", "observed", "pid", "console_log"):
         console.print(f"{key:12} {info[key]}", highlight=False, markup=False)
+    if info.get("held"):
+        console.print(f"{'held':12} {info['held']}", highlight=False, markup=False)
     spec = info["spec"]
     console.print(f"{'memory':12} {mib(spec['memory_mib'])}")
     console.print(f"{'cpu':12} {spec['cpu']}", highlight=False, markup=False)

@@ -170,6 +170,7 @@ class VmService:
         observed = ask(record.name) if record.owner == self.node else None
         info["observed"] = observed.state.value if observed else None
         info["pid"] = observed.pid if observed else None
+        info["held"] = self.held(record.name)  # "migrating to node2", or None
         info["console_log"] = str(self.layout(record.name).console_log)
         return info
 
