@@ -118,3 +118,32 @@ def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) 
         assert service.record("moving").state == RunState.STOPPED.value
     finally:
         service.driver.kill(service.layout("moving"))
+
+
+def test_kill_never_waits_for_an_operation_in_progress(service: VmService) -> None:
+    """A graceful stop may wait minutes for its guest; kill is the way out meanwhile."""
+    try:
+        run_with_checkpoint(service, "urgent")
+        busy, done = threading.Event(), threading.Event()
+
+        def long_operation() -> None:
+            with service.operating("urgent"):
+                busy.set()
+                done.wait(60)
+
+        operation = threading.Thread(target=long_operation)
+        operation.start()
+        assert busy.wait(10)
+        killer = threading.Thread(target=lambda: service.kill("urgent"))
+        killer.start()
+        killer.join(20)
+        try:
+            assert not killer.is_alive(), "kill waited for the operation"
+            assert service.status("urgent").state == RunState.STOPPED
+            assert service.record("urgent").state == RunState.STOPPED.value
+        finally:
+            done.set()
+            operation.join()
+            killer.join()
+    finally:
+        service.driver.kill(service.layout("urgent"))

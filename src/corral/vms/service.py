@@ -42,26 +42,32 @@ def _changes_vm(method: F) -> F:
     `hold`), it holds the VM's operation lock (so `reconcile` does not judge the VM
     half-way, e.g. between a restore's kill and its new QEMU), and listings ask afresh
     before and after it."""
-    return _operation(method, while_held=False)
 
-
-def _emergency(method: F) -> F:
-    """Like `_changes_vm`, but allowed while a migration holds the VM (kill: the migration
-    then fails and rolls back or reports the VM lost, as for any dead hypervisor)."""
-    return _operation(method, while_held=True)
-
-
-def _operation(method: F, *, while_held: bool) -> F:
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
-        if not while_held:
-            self._refuse_if_held(name)
+        self._refuse_if_held(name)
         with self.operating(name):
             self._forget(name)
             try:
                 return method(self, name, *args, **kwargs)
             finally:
                 self._forget(name)
+
+    return cast(F, wrapper)
+
+
+def _emergency(method: F) -> F:
+    """The method stops VM `name` at once (kill): it never waits, neither for a migration
+    that holds the VM (which then fails as for any dead hypervisor) nor for an operation in
+    progress (a graceful stop may wait minutes for its guest)."""
+
+    @functools.wraps(method)
+    def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._forget(name)
+        try:
+            return method(self, name, *args, **kwargs)
+        finally:
+            self._forget(name)
 
     return cast(F, wrapper)
 
