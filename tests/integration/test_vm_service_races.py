@@ -147,3 +147,30 @@ def test_kill_never_waits_for_an_operation_in_progress(service: VmService) -> No
             killer.join()
     finally:
         service.driver.kill(service.layout("urgent"))
+
+
+def test_a_hold_begins_only_after_the_operation_in_progress(service: VmService) -> None:
+    """A migration that starts while a restore runs waits for it, so the two never overlap."""
+    busy, done, holding = threading.Event(), threading.Event(), threading.Event()
+
+    def operation() -> None:
+        with service.operating("vm1"):
+            busy.set()
+            done.wait(60)
+
+    def migration() -> None:
+        with service.hold("vm1", "migrating to node2"):
+            holding.set()
+
+    threads = [threading.Thread(target=operation), threading.Thread(target=migration)]
+    threads[0].start()
+    assert busy.wait(10)
+    threads[1].start()
+    try:
+        assert not holding.wait(0.5)  # it waits for the operation
+    finally:
+        done.set()
+    assert holding.wait(10)
+    for thread in threads:
+        thread.join(10)
+    assert service.held("vm1") is None

@@ -45,8 +45,8 @@ def _changes_vm(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
-        self._refuse_if_held(name)
         with self.operating(name):
+            self._refuse_if_held(name)  # under the lock: no hold begins meanwhile
             self._forget(name)
             try:
                 return method(self, name, *args, **kwargs)
@@ -98,8 +98,11 @@ class VmService:
         reconcile leaves the VM to it. A restore or a start on the source during a
         migration could otherwise run a second copy of a VM that already runs on the target.
 
+        An operation in progress on the VM is waited for first, so none runs on beside
+        the holder.
+
         :raise ConflictError: something else holds it."""
-        with self._vm_locks_lock:
+        with self.operating(name), self._vm_locks_lock:
             if name in self._held:
                 raise ConflictError(f"VM {name} is {self._held[name]}")
             self._held[name] = why
