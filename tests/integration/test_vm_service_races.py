@@ -7,8 +7,9 @@ Driven on the bhyve simulator so the windows can be hit every time."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,21 +36,25 @@ def service(tmp_path: Path) -> VmService:
     return VmService("node1", VmInventory(Database(tmp_path / "node.db")), driver, dirs)
 
 
-def run_with_checkpoint(service: VmService, name: str) -> None:
-    """Define VM `name`, start it and save checkpoint c1 of it."""
+@contextlib.contextmanager
+def running_with_checkpoint(service: VmService, name: str) -> Iterator[None]:
+    """VM `name` defined, started, with checkpoint c1 saved; killed at the end."""
     request = VmRequest.model_validate(
         {"name": name, "memory_mib": 64, "disks": [{"size_mib": 8, "format": "raw"}]}
     )
-    service.create(request)
-    service.start(name)
-    service.checkpoint(name, "c1", suspend=False)
+    try:
+        service.create(request)
+        service.start(name)
+        service.checkpoint(name, "c1", suspend=False)
+        yield
+    finally:
+        service.driver.kill(service.layout(name))
 
 
 def test_reconcile_waits_for_an_operation_and_judges_afterwards(
     service: VmService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    try:
-        run_with_checkpoint(service, "race")
+    with running_with_checkpoint(service, "race"):
         driver = service.driver
         assert isinstance(driver, BhyveDriver)
         kill = driver.kill
@@ -76,13 +81,10 @@ def test_reconcile_waits_for_an_operation_and_judges_afterwards(
         driver.kill(service.layout("race"))
         assert service.reconcile() == [("race", "running", "stopped")]
         assert service.record("race").state == RunState.STOPPED.value
-    finally:
-        service.driver.kill(service.layout("race"))
 
 
 def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) -> None:
-    try:
-        run_with_checkpoint(service, "moving")
+    with running_with_checkpoint(service, "moving"):
         with service.hold("moving", "migrating to node2"):
             refusals: dict[str, Callable[[], object]] = {
                 "start": lambda: service.start("moving"),
@@ -116,14 +118,11 @@ def test_a_migration_hold_refuses_other_operations_but_kill(service: VmService) 
             assert service.reconcile_vm("moving") is None  # still held: left alone
         assert service.reconcile_vm("moving") == ("moving", "running", "stopped")
         assert service.record("moving").state == RunState.STOPPED.value
-    finally:
-        service.driver.kill(service.layout("moving"))
 
 
 def test_kill_never_waits_for_an_operation_in_progress(service: VmService) -> None:
     """A graceful stop may wait minutes for its guest; kill is the way out meanwhile."""
-    try:
-        run_with_checkpoint(service, "urgent")
+    with running_with_checkpoint(service, "urgent"):
         busy, done = threading.Event(), threading.Event()
 
         def long_operation() -> None:
@@ -145,8 +144,6 @@ def test_kill_never_waits_for_an_operation_in_progress(service: VmService) -> No
             done.set()
             operation.join()
             killer.join()
-    finally:
-        service.driver.kill(service.layout("urgent"))
 
 
 def test_a_hold_begins_only_after_the_operation_in_progress(service: VmService) -> None:

@@ -196,12 +196,7 @@ def recover(agent: NodeAgent, vm: str) -> dict[str, Any]:
     """Ask both nodes of `vm`'s last migration what runs, and repair the records.
 
     :raise ConflictError: a migration of `vm` runs here now (cancel it instead)."""
-    held = agent.vms.held(vm)
-    if held is not None:
-        raise ConflictError(
-            f"VM {vm} is {held}; there is nothing to recover yet"
-            f" (cancel it with corral migrate --cancel {vm})"
-        )
+    agent.vms.refuse_if_held(vm)
     latest = agent.journal.latest(vm)
     if latest is None:
         raise NotFoundError(f"{agent.name} never migrated a VM named {vm!r}")

@@ -43,15 +43,13 @@ def _changes_vm(method: F) -> F:
     half-way, e.g. between a restore's kill and its new QEMU), and listings ask afresh
     before and after it."""
 
+    forgetting = _emergency(method)
+
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
         with self.operating(name):
-            self._refuse_if_held(name)  # under the lock: no hold begins meanwhile
-            self._forget(name)
-            try:
-                return method(self, name, *args, **kwargs)
-            finally:
-                self._forget(name)
+            self.refuse_if_held(name)  # under the lock: no hold begins meanwhile
+            return forgetting(self, name, *args, **kwargs)
 
     return cast(F, wrapper)
 
@@ -59,7 +57,8 @@ def _changes_vm(method: F) -> F:
 def _emergency(method: F) -> F:
     """The method stops VM `name` at once (kill): it never waits, neither for a migration
     that holds the VM (which then fails as for any dead hypervisor) nor for an operation in
-    progress (a graceful stop may wait minutes for its guest)."""
+    progress (a graceful stop may wait minutes for its guest). Listings ask afresh before
+    and after it."""
 
     @functools.wraps(method)
     def wrapper(self: VmService, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -117,7 +116,8 @@ class VmService:
         with self._vm_locks_lock:
             return self._held.get(name)
 
-    def _refuse_if_held(self, name: str) -> None:
+    def refuse_if_held(self, name: str) -> None:
+        """:raise ConflictError: a migration holds VM `name` (the message says which)."""
         why = self.held(name)
         if why is not None:
             raise ConflictError(
@@ -146,7 +146,7 @@ class VmService:
 
         :raise ConflictError: another node owns it, or a migration holds it."""
         record = self.local(name)
-        self._refuse_if_held(name)
+        self.refuse_if_held(name)
         return record
 
     def layout(self, name: str) -> VmLayout:
@@ -299,13 +299,13 @@ class VmService:
         record; returns (vm, recorded, observed) for each change."""
         changes = []
         for record in self.inventory.all():
-            if record.owner != self.node or self.held(record.name) is not None:
-                continue  # another node's, or a migration drives it
+            if record.owner != self.node:
+                continue
             lock = self.operating(record.name)
             if not lock.acquire(blocking=False):
                 continue  # an operation is changing it; judge it next time
             try:
-                change = self._reconcile_one(record)
+                change = self._reconcile_one(record.name)
             finally:
                 lock.release()
             if change is not None:
@@ -317,22 +317,20 @@ class VmService:
         it to end); what `reconcile` does for one VM, for an operation that just released
         the VM (a migration that failed because its QEMU died)."""
         with self.operating(name):
-            try:
-                record = self.inventory.get(name)
-            except NotFoundError:
-                return None  # it left (a migration handed it off)
-            if record.owner != self.node or self.held(name) is not None:
-                return None
-            return self._reconcile_one(record)
+            return self._reconcile_one(name)
 
-    def _reconcile_one(self, record: VmRecord) -> tuple[str, str, str] | None:
+    def _reconcile_one(self, name: str) -> tuple[str, str, str] | None:
+        """Reconcile VM `name`; the caller holds its operation lock."""
         try:
-            current = self.inventory.get(record.name)  # as of now, under the VM's lock
-            observed = self.status(record.name).state
+            current = self.inventory.get(name)  # as of now, under the VM's lock
+        except NotFoundError:
+            return None  # it left (a migration handed it off, or it was deleted)
+        if current.owner != self.node or self.held(name) is not None:
+            return None  # another node's, or a migration drives it
+        try:
+            observed = self.status(name).state
         except CorralError as exc:
-            log.warning("cannot observe VM %s: %s", record.name, exc)
-            return None
-        if current.owner != self.node:
+            log.warning("cannot observe VM %s: %s", name, exc)
             return None
         if observed in (RunState.STARTING, RunState.INCOMING, RunState.SHUTTING_DOWN):
             return None  # transitional: a task is working on it
