@@ -12,12 +12,35 @@ import re
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-'")]
+
+
+def _host_path(value: Path) -> Path:
+    text = str(value)
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    if len(text) > 4096:
+        raise ValueError("longer than 4096 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters (a newline, say)")
+    return value
+
+
+# A file on the host: absolute, no control characters, at most PATH_MAX. What may reach a
+# command line is decided by each builder (QEMU gets JSON; bhyve refuses a ',').
+HostPath = Annotated[Path, AfterValidator(_host_path)]
 
 
 class Frozen(BaseModel):
@@ -70,7 +93,7 @@ class CpuSpec(Frozen):
 class DiskSpec(Frozen):
     """A virtio disk backed by an image file; `size_mib` is set when corral created it."""
 
-    path: Path
+    path: HostPath
     format: str = Field("qcow2", pattern=r"^(qcow2|raw)$")
     size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
     cache_direct: bool = True
@@ -87,8 +110,8 @@ class NicSpec(Frozen):
 class BootSpec(Frozen):
     """Direct kernel boot (kernel + initrd + command line)."""
 
-    kernel: Path
-    initrd: Path | None = None
+    kernel: HostPath
+    initrd: HostPath | None = None
     cmdline: str = ""
 
 

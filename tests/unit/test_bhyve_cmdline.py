@@ -120,3 +120,37 @@ def test_taps_on_freebsd_are_made_with_ifconfig() -> None:
         ["/sbin/ifconfig", "bridge0", "addm", "tap7"],
     ]
     assert network.remove_argv("tap7") == ["/sbin/ifconfig", "tap7", "destroy"]
+
+
+HOSTILE = {
+    "comma": "/vm/web1/disk0.img,ro,sectorsize=512",
+    "equals": "/vm/web1/a=b.img",
+    "newline": "/vm/web1/a\n-s\n9,virtio-blk,/etc/master.passwd",
+    "leading dash": "/-s/disk0.img",
+}
+
+
+@pytest.mark.parametrize("hostile", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_disk_path_is_refused_or_stays_the_path(hostile: str) -> None:
+    disk = DiskSpec.model_construct(path=Path(hostile), format="raw", cache_direct=True)
+    bad = spec(disks=(disk,))
+    if "," in hostile or "\n" in hostile:
+        with pytest.raises(UserInputError) as refused:
+            bhyve_argv(bad, console="/dev/nmdm0A")
+        assert refused.value.field == "disks[0].path"
+        return
+    argv = bhyve_argv(bad, console="/dev/nmdm0A")
+    assert len(argv) == len(bhyve_argv(spec(), console="/dev/nmdm0A"))
+    assert f"2,virtio-blk,{hostile}" in argv
+
+
+@pytest.mark.parametrize("hostile", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_console_or_checkpoint_path_is_refused_or_stays_one(hostile: str) -> None:
+    refused = "," in hostile or "\n" in hostile
+    for kwargs in ({"console": hostile}, {"console": "/c", "restore_from": Path(hostile)}):
+        if refused:
+            with pytest.raises(UserInputError):
+                bhyve_argv(spec(), **kwargs)  # type: ignore[arg-type]
+        else:
+            argv = bhyve_argv(spec(), **kwargs)  # type: ignore[arg-type]
+            assert f"com1,{kwargs['console']}" in argv

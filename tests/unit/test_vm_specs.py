@@ -61,7 +61,7 @@ def test_tap_names_are_short_stable_and_distinct() -> None:
         ('name = "a"\nmemory_mib = 0', "memory_mib"),
         ('name = "a"\n[cpu]\ncount = 3\n[cpu.topology]\nsockets = 2', "cpu"),
         ('name = "a"\n[[disks]]\nsize_mib = 1\npath = "/x"', "disks.0"),
-        ('name = "a"\n[[disks]]\npath = "relative.qcow2"', "disks.0"),
+        ('name = "a"\n[[disks]]\npath = "relative.qcow2"', "disks.0.path"),
         ('name = "a"\n[[nics]]\nbridge = "a-bridge-name-too-long"', "nics.0.bridge"),
         ('name = "a"\ncolour = "red"', "colour"),
     ],

@@ -18,6 +18,7 @@ from corral.model import (
     CpuSpec,
     DiskSpec,
     Frozen,
+    HostPath,
     Name,
     NicSpec,
     VmSpec,
@@ -31,15 +32,13 @@ class DiskRequest(Frozen):
     says raw, which bhyve needs), or an existing image at `path`."""
 
     size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
-    path: Path | None = None
+    path: HostPath | None = None
     format: str = Field("qcow2", pattern=r"^(qcow2|raw)$")
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.size_mib is None) == (self.path is None):
             raise ValueError("give either size_mib (a new image) or path (an existing one)")
-        if self.path is not None and not self.path.is_absolute():
-            raise ValueError("path must be absolute")
         return self
 
 

@@ -26,9 +26,23 @@ FIRST_DEVICE_SLOT = 2  # 0: hostbridge; 31: lpc
 NET_BACKEND_PREFIXES = ("tap", "vmnet", "netgraph", "netmap:", "vale")
 
 
+def check_option_path(field: str, path: object) -> None:
+    """bhyve takes a disk's path up to the first ',' and parses the rest as options
+    (usr.sbin/bhyve/block_if.c, blockif_legacy_config, then pci_parse_legacy_config); `-l`
+    splits its argument the same way. No escape exists, so a path with a ',' is refused.
+
+    :raise UserInputError: the path holds a ',' or a control character."""
+    text = str(path)
+    if "," in text:
+        raise UserInputError(field, f"bhyve cannot take a path with a ',' ({text!r})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise UserInputError(field, "a path must not contain control characters")
+
+
 def check_spec(spec: VmSpec) -> None:
     """:raise UserInputError: naming what bhyve cannot run."""
     for i, disk in enumerate(spec.disks):
+        check_option_path(f"disks[{i}].path", disk.path)
         if disk.format != "raw":
             raise UserInputError(
                 f"disks[{i}].format", "bhyve reads raw images only (convert with qemu-img)"
@@ -69,6 +83,10 @@ def bhyve_argv(
                 f"bhyve has no network backend for {device!r}: the device name must start"
                 f" with one of {', '.join(NET_BACKEND_PREFIXES)}",
             )
+    check_option_path("console", console)
+    check_option_path("firmware", firmware)
+    if restore_from is not None:
+        check_option_path("checkpoint", restore_from)
     topo = spec.cpu.effective_topology
     argv = [
         binary,

@@ -2,16 +2,30 @@
 
 The same spec must give the same guest-visible machine on every node, since a migration's
 destination is started from it: machine type pinned, CPU model named, devices in a fixed
-order with fixed ids. Two QMP monitors: one for operations, one for status queries, so a
+order with fixed ids. No path is ever spliced into QEMU's `key=value,...` option syntax
+unescaped: disks are `-blockdev` JSON, and the few option strings that hold a path double
+its commas (QEMU's own escape). Two QMP monitors: one for operations, one for status queries, so a
 long operation (a migration) never blinds `status`.
 """
 
 from __future__ import annotations
 
+import json
+
 from corral.hypervisors.base import VmLayout
 from corral.model import VmSpec
 
 QEMU_BINARY = "qemu-system-x86_64"
+
+
+def opt_value(text: object) -> str:
+    """`text` as one value of QEMU's `key=value,...` option syntax: a ',' is written ',,'."""
+    return str(text).replace(",", ",,")
+
+
+def blockdev_json(**options: object) -> str:
+    """A `-blockdev` argument as JSON, so a path is a string, never more options."""
+    return json.dumps(options, separators=(",", ":"))
 
 
 def qemu_argv(
@@ -45,13 +59,13 @@ def qemu_argv(
         "-m",
         f"{spec.memory_mib}M",
         "-qmp",
-        f"unix:{layout.control_socket},server=on,wait=off",
+        f"unix:{opt_value(layout.control_socket)},server=on,wait=off",
         "-qmp",
-        f"unix:{layout.status_socket},server=on,wait=off",
+        f"unix:{opt_value(layout.status_socket)},server=on,wait=off",
         "-pidfile",
         str(layout.pid_file),
         "-chardev",
-        f"file,id=console0,path={layout.console_log},append=on",
+        f"file,id=console0,path={opt_value(layout.console_log)},append=on",
         "-serial",
         "chardev:console0",
     ]
@@ -62,13 +76,16 @@ def qemu_argv(
         if spec.boot.cmdline:
             argv += ["-append", spec.boot.cmdline]
     for i, disk in enumerate(spec.disks):
-        direct = "on" if disk.cache_direct else "off"
         argv += [
             "-blockdev",
-            f"driver=file,filename={disk.path},node-name=file{i},"
-            f"cache.direct={direct},cache.no-flush=off",
+            blockdev_json(
+                driver="file",
+                filename=str(disk.path),
+                **{"node-name": f"file{i}"},
+                cache={"direct": disk.cache_direct, "no-flush": False},
+            ),
             "-blockdev",
-            f"driver={disk.format},file=file{i},node-name=disk{i}",
+            blockdev_json(driver=disk.format, file=f"file{i}", **{"node-name": f"disk{i}"}),
             "-device",
             f"virtio-blk-pci,drive=disk{i},id=vd{i}",
         ]
