@@ -6,6 +6,7 @@ Must never import any layer of corral; the stores of tasks, cluster and migratio
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -98,7 +99,11 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._migrate_lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.chmod(0o700)
+        if not path.exists():  # created private whatever the umask: it holds the tokens
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        path.chmod(0o600)
         self.migrate()
 
     def _connect(self) -> sqlite3.Connection:

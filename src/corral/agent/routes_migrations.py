@@ -3,10 +3,11 @@ migration or its recovery."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from corral.agent import migration_desk
 from corral.agent.api_models import AdoptRequest
@@ -18,6 +19,7 @@ from corral.model import NAME_PATTERN
 
 VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
 MAX_PROBE = 256 * 1024 * 1024
+PROBE_CHUNK = bytes(1024 * 1024)
 
 
 def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
@@ -113,5 +115,17 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
 
     @app.get("/v1/probe/stream", tags=["node"])
     def probe(size: Annotated[int, Query(ge=1, le=MAX_PROBE)]) -> Response:
-        """`size` bytes, for measuring the link between two nodes."""
-        return Response(bytes(size), media_type="application/octet-stream")
+        """`size` bytes, for measuring the link between two nodes (streamed from one
+        PROBE_CHUNK-sized buffer: a request costs the same memory whatever its size)."""
+
+        def zeros() -> Iterator[bytes]:
+            left = size
+            while left > 0:
+                yield PROBE_CHUNK[: min(left, len(PROBE_CHUNK))]
+                left -= len(PROBE_CHUNK)
+
+        return StreamingResponse(
+            zeros(),
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+        )

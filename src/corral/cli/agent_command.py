@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,9 @@ def agent_command(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Everything the agent creates (database, keys, logs, sockets) is its own: the state
+    # directory 0700 and corral.db 0600 from the first byte, not chmod-ed afterwards.
+    os.umask(0o077)
     # Imported here: the server stack (FastAPI, uvicorn, drivers) would otherwise load on
     # every CLI call and cost most of its start-up time.
     from corral.agent.node_agent import NodeAgent

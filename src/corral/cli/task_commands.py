@@ -140,7 +140,12 @@ def logs_command(
         if follow:
             _follow_log(client, task_id)
         else:
-            typer.echo(client.get(f"/tasks/{task_id}/log")["text"], nl=False)
+            offset = 0
+            while chunk := client.get(f"/tasks/{task_id}/log", offset=offset):
+                if not chunk["text"]:
+                    break
+                typer.echo(chunk["text"], nl=False)
+                offset = chunk["offset"]
 
 
 @task_app.command("cancel")

@@ -11,15 +11,13 @@ import signal
 from pathlib import Path
 
 from corral.commands import pid_alive
+from corral.file_tail import read_tail
 from corral.waiting import WaitTimeout, wait_for
 
 
 def log_tail(path: Path, size: int = 600) -> str:
     """The last `size` characters of a process log ("" when there is none)."""
-    try:
-        return path.read_text(errors="replace")[-size:].strip()
-    except FileNotFoundError:
-        return ""
+    return read_tail(path, size * 4).decode(errors="replace")[-size:].strip()
 
 
 def terminate(pid: int, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.database import Database
 from corral.errors import ConflictError, NotFoundError
+from corral.file_tail import read_from
 from corral.tasks.states import TaskState, can_transition
 
 
@@ -259,12 +260,7 @@ class TaskStore:
         return bool(rows and rows[0][0])
 
     def read_log(self, task_id: str, offset: int = 0) -> tuple[str, int]:
-        """The task's log from byte `offset`, and the offset to continue from."""
-        path = self.get(task_id).log_path
-        try:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return "", offset
+        """The task's log from byte `offset` (at most CHUNK_LIMIT bytes of it), and the
+        offset to continue from."""
+        data = read_from(self.get(task_id).log_path, offset)
         return data.decode(errors="replace"), offset + len(data)

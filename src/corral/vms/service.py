@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.file_tail import tail_lines
 from corral.hypervisors.base import (
     CheckpointInfo,
     HypervisorDriver,
@@ -288,11 +289,8 @@ class VmService:
     def console(self, name: str, lines: int) -> str:
         """The last `lines` lines of the VM's serial console."""
         self.record(name)
-        try:
-            text = self.layout(name).console_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:]) + "\n"
+        found = tail_lines(self.layout(name).console_log, lines)
+        return "\n".join(found) + "\n" if found else ""
 
     def reconcile(self) -> list[tuple[str, str, str]]:
         """Record the observed state of every VM this node owns where it differs from the

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from pathlib import Path
 from typing import Self
 
 from pydantic import Field, ValidationError, model_validator

@@ -131,6 +131,9 @@ def relay(a: socket.socket, b: socket.socket, status: Status, bandwidth: int) ->
         t.join()
 
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting peer has to finish the TLS handshake
+
+
 def receive(args: argparse.Namespace, status: Status) -> int:
     """Destination: one connection from the source's tunnel, relayed to the local bhyve."""
     listener = socket.create_server(address(args.listen))
@@ -144,7 +147,10 @@ def receive(args: argparse.Namespace, status: Status) -> int:
             status.update(state="failed", error="no source connected", finished=time.time())
             return 1
         try:
+            # A peer that connects and says nothing must not hold the only listener.
+            raw.settimeout(HANDSHAKE_TIMEOUT)
             conn = ctx.wrap_socket(raw, server_side=True) if ctx else raw
+            conn.settimeout(None)
             break
         except (ssl.SSLError, OSError) as exc:  # not a cluster member: refused, wait on
             raw.close()
