@@ -30,8 +30,12 @@ class AgentClient:
         ssl_context: ssl.SSLContext | None = None,
         node: str | None = None,
         timeout: float = 30.0,
+        server_name: str | None = None,
     ) -> None:
+        """`server_name`: the name the server's certificate must carry (a member's node
+        name), checked instead of the address dialled."""
         headers = {NODE_HEADER: node} if node else {}
+        self.extensions: dict[str, Any] = {"sni_hostname": server_name} if server_name else {}
         if socket_path is not None:
             self.where = str(socket_path)
             transport = httpx.HTTPTransport(uds=str(socket_path))
@@ -65,7 +69,12 @@ class AgentClient:
         """
         try:
             response = self.http.request(
-                method, f"/v1{path}", json=json, params=params, timeout=timeout or self.http.timeout
+                method,
+                f"/v1{path}",
+                json=json,
+                params=params,
+                timeout=timeout or self.http.timeout,
+                extensions=self.extensions,
             )
         except httpx.TransportError as exc:
             raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc

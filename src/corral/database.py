@@ -89,6 +89,19 @@ SCHEMA_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX vm_events_vm ON vm_events(vm, at);
     """,
+    # 3: node identity: each member's certificate (SHA-256 of its DER), which member holds
+    # the CA key, the certificates of removed members, and the registry's version
+    """
+    ALTER TABLE nodes ADD COLUMN fingerprint TEXT;
+    ALTER TABLE nodes ADD COLUMN holds_ca INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX nodes_fingerprint ON nodes(fingerprint);
+    CREATE TABLE revoked_certs (
+        fingerprint TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        revoked_at REAL NOT NULL
+    );
+    CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 

@@ -150,7 +150,7 @@ def test_a_hostile_console_or_checkpoint_path_is_refused_or_stays_one(hostile: s
     for kwargs in ({"console": hostile}, {"console": "/c", "restore_from": Path(hostile)}):
         if refused:
             with pytest.raises(UserInputError):
-                bhyve_argv(spec(), **kwargs)  # type: ignore[arg-type]
+                bhyve_argv(spec(), **kwargs)
         else:
-            argv = bhyve_argv(spec(), **kwargs)  # type: ignore[arg-type]
+            argv = bhyve_argv(spec(), **kwargs)
             assert f"com1,{kwargs['console']}" in argv

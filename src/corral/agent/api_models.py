@@ -4,15 +4,25 @@ description shows, and what every request is validated against before anything r
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from corral.cluster.registry import NodeRecord
+from corral.cluster.registry import Member, RegistrySnapshot
 from corral.model import NAME_PATTERN, VmSpec
 
 TASK_ID_PATTERN = r"^[0-9a-f]{12}$"
+FINGERPRINT_PATTERN = r"^[0-9a-f]{64}$"
 IP_PATTERN = r"^[0-9a-fA-F.:]{2,45}$"
+
+
+def normalized_ip(value: str) -> str:
+    """An IP address in its one canonical spelling ("" when `value` is none)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return ""
 
 
 def _ip_address(value: str) -> str:
@@ -50,14 +60,54 @@ class JoinCommand(Body):
 
 
 class MemberModel(Body):
+    """A member as the CA holder admitted it: its name bound to its certificate."""
+
     name: str = Field(pattern=NAME_PATTERN)
     address: IpAddress
     port: int = Field(ge=1, le=65535)
     joined_at: float = Field(ge=0)
+    fingerprint: str = Field(pattern=FINGERPRINT_PATTERN, description="SHA-256 of its cert")
+    holds_ca: bool = False
 
     @classmethod
-    def of(cls, node: NodeRecord) -> MemberModel:
-        return cls(name=node.name, address=node.address, port=node.port, joined_at=node.joined_at)
+    def of(cls, member: Member) -> MemberModel:
+        return cls(
+            name=member.name,
+            address=member.address,
+            port=member.port,
+            joined_at=member.joined_at,
+            fingerprint=member.fingerprint,
+            holds_ca=member.holds_ca,
+        )
+
+    def member(self) -> Member:
+        return Member(
+            self.name, self.address, self.port, self.joined_at, self.fingerprint, self.holds_ca
+        )
+
+
+class RegistryModel(Body):
+    """The CA holder's list of members, numbered; every other node follows it."""
+
+    version: int = Field(ge=0)
+    members: list[MemberModel] = Field(max_length=10_000)
+    revoked: list[str] = Field(default_factory=list, max_length=100_000)
+
+    @classmethod
+    def of(cls, snapshot: RegistrySnapshot) -> RegistryModel:
+        return cls(
+            version=snapshot.version,
+            members=[MemberModel.of(m) for m in snapshot.members],
+            revoked=list(snapshot.revoked),
+        )
+
+    def snapshot(self) -> RegistrySnapshot:
+        for fingerprint in self.revoked:
+            if re.fullmatch(FINGERPRINT_PATTERN, fingerprint) is None:
+                raise ValueError(f"revoked: {fingerprint[:80]!r} is not a fingerprint")
+        return RegistrySnapshot(
+            self.version, tuple(m.member() for m in self.members), tuple(self.revoked)
+        )
 
 
 class JoinRequest(Body):
@@ -69,13 +119,13 @@ class JoinRequest(Body):
     address: IpAddress
     api_port: int = Field(ge=1, le=65535)
     csr: str = Field(min_length=1, max_length=10_000)
-    facts: dict[str, Any] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(default_factory=dict, max_length=100)
 
 
 class JoinResponse(Body):
     ca: str
     cert: str
-    members: list[MemberModel]
+    registry: RegistryModel
 
 
 class TaskCreate(Body):

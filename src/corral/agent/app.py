@@ -1,9 +1,11 @@
 """The agent's HTTP API (FastAPI, OpenAPI at /openapi.json, versioned under /v1).
 
-Two applications: `api_app` serves the local CLI (unix socket) and the peers and remote CLIs
-(HTTPS, mutual TLS); `join_app` serves only the token-authenticated join endpoint, on its own
-port, since a joining node has no certificate yet. A request carrying `x-corral-node: NAME`
-for another member is forwarded to it over mutual TLS.
+Two applications: `api_app` serves the local CLI (unix socket) and the members (HTTPS,
+mutual TLS, each request mapped to a current member by its certificate); `join_app` serves
+only the join and the CA certificate, on its own port, since a joining node has no
+certificate yet. Every route says who may call it (`access.py`). A request from the local
+CLI carrying `x-corral-node: NAME` for another member is forwarded to it over mutual TLS;
+requests from members are never forwarded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from corral import __version__
+from corral.agent.access import Access, access_table, allow, caller_of
 from corral.agent.api_models import (
     TASK_ID_PATTERN,
     ClusterInit,
@@ -26,15 +29,23 @@ from corral.agent.api_models import (
     JoinRequest,
     JoinResponse,
     LogChunk,
-    MemberModel,
+    RegistryModel,
     TaskCreate,
     TokenAnswer,
     TokenRequest,
 )
+from corral.agent.http_guards import (
+    API_BODY_LIMIT,
+    JOIN_BODY_LIMIT,
+    IdentifyMembers,
+    JoinCaller,
+    LimitBody,
+    LocalCaller,
+)
 from corral.agent.node_agent import NodeAgent
 from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
-from corral.api_errors import error_body, status_for
+from corral.api_errors import AccessDenied, error_body, status_for
 from corral.client import NODE_HEADER
 from corral.errors import CorralError, EnvironmentProblem
 from corral.model import NAME_PATTERN
@@ -95,11 +106,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _owner(request: Request, agent: NodeAgent, via: Via) -> str:
-    origin = request.headers.get(ORIGIN_HEADER)
-    if origin:
-        return origin[:64]
-    return f"cli@{agent.name}" if via == "local" else "remote"
+def _owner(request: Request, agent: NodeAgent) -> str:
+    """Who a task is for: the local CLI, or the member that asked (by its certificate, never
+    by what it says of itself)."""
+    caller = caller_of(request)
+    return f"cli@{agent.name}" if caller.local else str(caller.node)
 
 
 def api_app(agent: NodeAgent, via: Via) -> FastAPI:
@@ -115,18 +126,29 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
         if not target or target == agent.name:
             response: Response = await call_next(request)
             return response
+        if not caller_of(request).local:
+            return JSONResponse(
+                error_body(AccessDenied("only a node's local CLI may have requests forwarded")),
+                status_code=403,
+            )
         try:
             client = agent.peer(target)
         except CorralError as exc:
             return JSONResponse(error_body(exc), status_code=status_for(exc))
         body = await request.body()
-        headers = {ORIGIN_HEADER: agent.name if via == "local" else "remote"}
+        headers = {ORIGIN_HEADER: agent.name}
         if "content-type" in request.headers:
             headers["content-type"] = request.headers["content-type"]
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             answer = await run_in_threadpool(
-                client.http.request, request.method, path, content=body, headers=headers, timeout=60
+                client.http.request,
+                request.method,
+                path,
+                content=body,
+                headers=headers,
+                timeout=60,
+                extensions=client.extensions,
             )
         except Exception as exc:
             return JSONResponse(
@@ -148,65 +170,82 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
         )
 
     _node_routes(app, agent)
-    _task_routes(app, agent, via)
-    vm_routes(app, agent, lambda request: _owner(request, agent, via))
-    migration_routes(app, agent, lambda request: _owner(request, agent, via))
+    _task_routes(app, agent)
+    vm_routes(app, agent, lambda request: _owner(request, agent))
+    migration_routes(app, agent, lambda request: _owner(request, agent))
     runtime_routes(app, agent)
+    access_table(app)  # refuses to build an app with a route that says nobody may call it
+    # Outermost last: the body bound, then who is calling, then everything else.
+    if via == "local":
+        app.add_middleware(LocalCaller)
+    else:
+        app.add_middleware(IdentifyMembers, registry=agent.registry)
+    app.add_middleware(LimitBody, limit=API_BODY_LIMIT)
     return app
 
 
 def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
-    @app.get("/v1/health", tags=["node"])
+    member, local = [allow(Access.MEMBER)], [allow(Access.LOCAL)]
+
+    @app.get("/v1/health", tags=["node"], dependencies=member)
     def health() -> dict[str, Any]:
         """Liveness: the node's name, corral's version and whether it is a cluster member."""
         return {"node": agent.name, "version": __version__, "member": agent.pki.member}
 
-    @app.get("/v1/facts", tags=["node"])
+    @app.get("/v1/facts", tags=["node"], dependencies=member)
     def facts() -> dict[str, Any]:
-        """This node's facts: architecture, CPU, hypervisor, memory, VM count."""
+        """This node's facts: architecture, CPU, hypervisor, memory, VM count, and the
+        version of its member list (peers follow the CA holder's)."""
         return agent.facts()
 
-    @app.get("/v1/cluster", tags=["cluster"])
+    @app.get("/v1/cluster", tags=["cluster"], dependencies=member)
     def cluster() -> dict[str, Any]:
         """This node's cluster membership."""
         return agent.cluster_status()
 
-    @app.post("/v1/cluster/init", tags=["cluster"])
+    @app.post("/v1/cluster/init", tags=["cluster"], dependencies=local)
     def cluster_init(body: ClusterInit) -> dict[str, Any]:
         """Make a new cluster with this node as its first member and CA holder."""
         return agent.init_cluster(body.name)
 
-    @app.post("/v1/cluster/tokens", tags=["cluster"])
+    @app.post("/v1/cluster/tokens", tags=["cluster"], dependencies=local)
     def cluster_token(body: TokenRequest) -> TokenAnswer:
-        """A single-use join token that expires after `ttl_seconds`."""
+        """A single-use join token that expires after `ttl_seconds` (on the CA holder)."""
         token, expires = agent.new_token(body.ttl_seconds)
         return TokenAnswer(token=token, expires_at=expires)
 
-    @app.post("/v1/cluster/join", tags=["cluster"])
+    @app.post("/v1/cluster/join", tags=["cluster"], dependencies=local)
     def cluster_join(body: JoinCommand) -> dict[str, Any]:
         """Join this node to the cluster whose member answers at `address`."""
         return {"node": agent.name, "members": agent.join(body.address, body.token)}
 
-    @app.get("/v1/nodes", tags=["cluster"])
+    @app.get("/v1/nodes", tags=["cluster"], dependencies=member)
     def nodes() -> list[dict[str, Any]]:
         """Every member, its facts and whether it is online."""
         return agent.nodes()
 
-    @app.post("/v1/nodes", tags=["cluster"], status_code=201)
-    def add_node(body: MemberModel) -> dict[str, str]:
-        """Record a member admitted by the CA holder (sent between agents)."""
-        agent.add_member(body)
-        return {"added": body.name}
-
-    @app.delete("/v1/nodes/{name}", tags=["cluster"])
-    def remove_node(name: NodeName, force: bool = False, propagate: bool = True) -> dict[str, str]:
-        """Remove a member; refused while it owns VMs unless `force`."""
-        agent.remove_node(name, force=force, propagate=propagate)
+    @app.delete("/v1/nodes/{name}", tags=["cluster"], dependencies=local)
+    def remove_node(name: NodeName, force: bool = False) -> dict[str, str]:
+        """Remove a member and revoke its certificate (on the CA holder); refused while it
+        owns VMs unless `force`."""
+        agent.remove_node(name, force=force)
         return {"removed": name}
 
+    @app.get("/v1/registry", tags=["cluster"], dependencies=member)
+    def registry() -> RegistryModel:
+        """The members (name, address, certificate) and revoked certificates, numbered."""
+        return RegistryModel.of(agent.registry.snapshot())
 
-def _task_routes(app: FastAPI, agent: NodeAgent, via: Via) -> None:
-    @app.get("/v1/tasks", tags=["tasks"])
+    @app.put("/v1/registry", tags=["cluster"], dependencies=[allow(Access.CA_HOLDER)])
+    def follow_registry(body: RegistryModel) -> dict[str, Any]:
+        """The CA holder's newer list of members (sent after a join or a removal)."""
+        return {"applied": agent.follow_registry(body), "version": agent.registry.version}
+
+
+def _task_routes(app: FastAPI, agent: NodeAgent) -> None:
+    member = [allow(Access.MEMBER)]
+
+    @app.get("/v1/tasks", tags=["tasks"], dependencies=member)
     def list_tasks(
         state: Annotated[list[TaskState] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
@@ -214,50 +253,73 @@ def _task_routes(app: FastAPI, agent: NodeAgent, via: Via) -> None:
         """Tasks of this node, newest first."""
         return [t.to_json() for t in agent.tasks.recent(set(state) if state else None, limit)]
 
-    @app.get("/v1/tasks/kinds", tags=["tasks"])
+    @app.get("/v1/tasks/kinds", tags=["tasks"], dependencies=member)
     def task_kinds() -> list[dict[str, Any]]:
         """The task kinds this agent runs."""
         return [
-            {"name": k.name, "idempotent": k.idempotent, "description": k.description}
+            {
+                "name": k.name,
+                "idempotent": k.idempotent,
+                "from_peers": k.from_peers,
+                "description": k.description,
+            }
             for k in agent.runner.kinds.values()
         ]
 
-    @app.post("/v1/tasks", tags=["tasks"], status_code=201)
+    @app.post("/v1/tasks", tags=["tasks"], status_code=201, dependencies=member)
     def create_task(body: TaskCreate, request: Request) -> dict[str, Any]:
-        """Queue a task on this node (a peer's deferred task, or the CLI's)."""
-        task = agent.runner.submit(body.kind, body.args, _owner(request, agent, via), body.after)
+        """Queue a task on this node: the CLI's, or a member's deferred task of a kind
+        members may give (`from_peers` in /v1/tasks/kinds)."""
+        caller = caller_of(request)
+        kind = agent.runner.kinds.get(body.kind)
+        if not caller.local and kind is not None and not kind.from_peers:
+            raise AccessDenied(f"{caller} may not create {body.kind} tasks here")
+        task = agent.runner.submit(body.kind, body.args, _owner(request, agent), body.after)
         return task.to_json()
 
-    @app.get("/v1/tasks/{task_id}", tags=["tasks"])
+    @app.get("/v1/tasks/{task_id}", tags=["tasks"], dependencies=member)
     def get_task(task_id: TaskId) -> dict[str, Any]:
         """One task: state, progress, result or error, and its history."""
         return agent.tasks.get(task_id).to_json()
 
-    @app.get("/v1/tasks/{task_id}/log", tags=["tasks"])
+    @app.get("/v1/tasks/{task_id}/log", tags=["tasks"], dependencies=member)
     def task_log(task_id: TaskId, offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
         """The task's log from byte `offset` (follow it by passing back `offset`)."""
         text, new_offset = agent.tasks.read_log(task_id, offset)
         return LogChunk(text=text, offset=new_offset)
 
-    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
+    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], dependencies=member)
     def cancel_task(task_id: TaskId) -> dict[str, Any]:
         """Ask a task to stop."""
         return agent.tasks.request_cancel(task_id).to_json()
 
 
 def join_app(agent: NodeAgent) -> FastAPI:
-    """The join endpoint, served on its own port without client certificates."""
-    app = FastAPI(title="corral join endpoint", version=__version__)
+    """The join endpoint and the CA certificate, served on their own port without client
+    certificates: nothing else (no API description), and bodies of 64 KiB at most."""
+    app = FastAPI(
+        title="corral join endpoint",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     _install_error_handlers(app)
+    join = [allow(Access.JOIN)]
 
-    @app.get("/v1/join/ca", response_class=PlainTextResponse, tags=["join"])
+    @app.get("/v1/join/ca", response_class=PlainTextResponse, tags=["join"], dependencies=join)
     def ca() -> str:
         """The cluster CA certificate (PEM), for the joiner to check against its token."""
         return agent.pki.ca_cert.read_text()
 
-    @app.post("/v1/join", tags=["join"])
-    def join(body: JoinRequest) -> JoinResponse:
-        """Admit a node that presents a valid, unused, unexpired token and a CSR."""
-        return agent.accept_join(body)
+    @app.post("/v1/join", tags=["join"], dependencies=join)
+    def join_cluster(body: JoinRequest, request: Request) -> JoinResponse:
+        """Admit a node that presents a valid, unused, unexpired token and a CSR, from the
+        address it claims."""
+        came_from = request.client.host if request.client else ""
+        return agent.accept_join(body, came_from)
 
+    access_table(app)
+    app.add_middleware(JoinCaller)
+    app.add_middleware(LimitBody, limit=JOIN_BODY_LIMIT)
     return app

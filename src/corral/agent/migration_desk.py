@@ -129,7 +129,12 @@ def probe_bandwidth(agent: NodeAgent, target: str) -> float:
     """Bytes per second from `target` to here over the cluster's TLS link (a 32 MiB read)."""
     with agent.peer(target) as client:
         started = time.monotonic()
-        response = client.http.get("/v1/probe/stream", params={"size": PROBE_BYTES}, timeout=60)
+        response = client.http.get(
+            "/v1/probe/stream",
+            params={"size": PROBE_BYTES},
+            timeout=60,
+            extensions=client.extensions,
+        )
         size = len(response.content)
     return size / max(time.monotonic() - started, 1e-6)
 

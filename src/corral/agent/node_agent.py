@@ -17,26 +17,35 @@ from typing import Any
 import httpx
 
 from corral import __version__
-from corral.agent.api_models import JoinRequest, JoinResponse, MemberModel
+from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
 from corral.agent.settings import AgentSettings
-from corral.api_errors import Unreachable
+from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
 from corral.cluster.peer_client import peer_client
 from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
-from corral.cluster.registry import NodeRecord, NodeRegistry
-from corral.cluster.tokens import JoinRefused, consume_token, issue_token, parse_token
+from corral.cluster.registry import Member, NodeRecord, NodeRegistry
+from corral.cluster.tokens import (
+    JoinRefused,
+    check_token,
+    consume_token,
+    issue_token,
+    parse_token,
+)
 from corral.database import Database
-from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.errors import ConflictError, CorralError, NotFoundError, UserInputError
 from corral.hypervisors import host_network
 from corral.hypervisors.bhyve.driver import BhyveDriver
 from corral.hypervisors.bhyve.host import BhyveHost
 from corral.hypervisors.qemu.accelerator import resolve_accelerator
 from corral.hypervisors.qemu.driver import QemuDriver
 from corral.migration.journal import MigrationJournal
+from corral.model import VmSpec
 from corral.tasks.runner import TaskKind, TaskRunner
 from corral.tasks.store import TaskStore
+from corral.vms.host_paths import check_host_paths, request_paths, spec_paths
 from corral.vms.inventory import VmInventory
 from corral.vms.service import VmService
+from corral.vms.specs import VmRequest
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,7 @@ class NodeAgent:
         facts["storage"] = self.dirs.describe()
         facts["bridges"] = sorted(host_network.bridges())
         facts["corral_version"] = __version__
+        facts["registry_version"] = self.registry.version
         return facts
 
     def cluster_status(self) -> dict[str, Any]:
@@ -103,6 +113,15 @@ class NodeAgent:
 
     # -- cluster membership ----------------------------------------------------------------
 
+    def _require_ca_key(self, to: str) -> None:
+        if self.pki.holds_ca_key:
+            return
+        holder = self.registry.ca_holder()
+        where = f"on {holder.name}, which holds it" if holder else "on the node that holds it"
+        raise ConflictError(
+            f"only the node holding the cluster CA's key may {to}: run this {where}"
+        )
+
     def _require_member(self) -> None:
         if not self.pki.member:
             raise ConflictError(
@@ -117,7 +136,15 @@ class NodeAgent:
         """
         ca = ClusterCA.create(self.pki, cluster_name)
         ca.issue_node(self.pki, self.name, self.settings.address)
-        self.registry.upsert(self.name, self.settings.address, self.settings.api_port, self.facts())
+        me = Member(
+            self.name,
+            self.settings.address,
+            self.settings.api_port,
+            time.time(),
+            self.pki.node_fingerprint,
+            holds_ca=True,
+        )
+        self.registry.admit(me)
         self.registry.mark_seen(self.name, self.facts())
         self.on_member()
         return self.cluster_status()
@@ -125,9 +152,10 @@ class NodeAgent:
     def new_token(self, ttl_seconds: float) -> tuple[str, float]:
         """A single-use join token and its expiry.
 
-        :raise NotFoundError: this node does not hold the CA's key.
+        :raise ConflictError: this node does not hold the CA's key (the holder is named).
         """
         self._require_member()
+        self._require_ca_key("make join tokens")
         ca = ClusterCA.load(self.pki)
         token, expires = issue_token(self.db, ca.fingerprint, ttl_seconds)
         return str(token), expires
@@ -170,68 +198,98 @@ class NodeAgent:
             answer = JoinResponse.model_validate(
                 client.post("/join", request.model_dump(mode="json"))
             )
+        snapshot = answer.registry.snapshot()
+        mine = [m for m in snapshot.members if m.name == self.name]
+        if not mine or mine[0].fingerprint != fingerprint(answer.cert.encode()):
+            raise JoinRefused("the cluster's member list does not hold the certificate it sent")
         self.pki.save_node(answer.ca.encode(), answer.cert.encode(), key_pem)
-        for member in answer.members:
-            self.registry.upsert(
-                member.name, member.address, member.port, joined_at=member.joined_at
-            )
+        self.registry.apply(snapshot)
         self.registry.mark_seen(self.name, self.facts())
         self.on_member()
-        return [m.name for m in answer.members]
+        return [m.name for m in snapshot.members]
 
-    def accept_join(self, request: JoinRequest) -> JoinResponse:
-        """The CA holder's side of a join: check the token, sign, tell every member."""
+    def accept_join(self, request: JoinRequest, came_from: str) -> JoinResponse:
+        """The CA holder's side of a join: the token first (nothing is said to a caller
+        without a valid one), then the name and the address, which must be no member's and
+        must be the address the join came from; then sign, record and tell every member.
+
+        :raise JoinRefused: the token is unknown, wrong, used or expired.
+        :raise AccessDenied: the join claims an address it did not come from.
+        :raise ConflictError: the name or the address is a member's already.
+        """
         self._require_member()
-        ca = ClusterCA.load(self.pki)
-        existing = {n.name: n for n in self.registry.list()}
-        if request.node_name in existing:
-            raise ConflictError(f"a node named {request.node_name!r} is already a member")
-        if any(
-            n.address == request.address and n.port == request.api_port for n in existing.values()
-        ):
-            raise ConflictError(
-                f"{request.address}:{request.api_port} is already a member's address"
+        check_token(self.db, request.token_id, request.secret)
+        self._require_ca_key("admit nodes")
+        if normalized_ip(came_from) != request.address:
+            raise AccessDenied(
+                f"address: the join claims {request.address} but came from {came_from}"
             )
-        consume_token(self.db, request.token_id, request.secret, request.node_name)
+        for node in self.registry.list():
+            if node.name == request.node_name:
+                raise ConflictError(f"node_name: {request.node_name!r} is already a member")
+            if node.address == request.address:
+                raise ConflictError(f"address: {request.address} is member {node.name}'s")
+        ca = ClusterCA.load(self.pki)
         cert = ca.sign(request.csr.encode(), request.node_name, request.address)
-        self.registry.upsert(request.node_name, request.address, request.api_port, request.facts)
-        new = self.registry.get(request.node_name)
-        self._broadcast(
-            "POST",
-            "/nodes",
-            MemberModel.of(new).model_dump(mode="json"),
-            skip={self.name, new.name},
+        new = Member(
+            request.node_name,
+            request.address,
+            request.api_port,
+            time.time(),
+            fingerprint(cert),
         )
-        members = [MemberModel.of(n) for n in self.registry.list()]
-        return JoinResponse(ca=ca.cert_pem.decode(), cert=cert.decode(), members=members)
+        with self.db.transaction() as conn:  # the token is spent only with the admission
+            consume_token(self.db, request.token_id, request.secret, request.node_name, conn=conn)
+            self.registry.admit(new, request.facts, conn=conn)
+        self.push_registry(skip={self.name, new.name})
+        snapshot = RegistryModel.of(self.registry.snapshot())
+        return JoinResponse(ca=ca.cert_pem.decode(), cert=cert.decode(), registry=snapshot)
 
-    def add_member(self, member: MemberModel) -> None:
-        """Record a member another node admitted."""
+    def follow_registry(self, body: RegistryModel) -> bool:
+        """Take the CA holder's newer member list; True when it was newer."""
         self._require_member()
-        self.registry.upsert(member.name, member.address, member.port, joined_at=member.joined_at)
+        try:
+            snapshot = body.snapshot()
+        except ValueError as exc:
+            raise UserInputError("revoked", str(exc)) from exc
+        applied = self.registry.apply(snapshot)
+        if applied:
+            log.info("member list now at version %d", snapshot.version)
+        return applied
 
-    def remove_node(self, name: str, force: bool, propagate: bool = True) -> None:
-        """Remove a member; refused while it owns VMs unless `force`.
+    def remove_node(self, name: str, force: bool) -> None:
+        """Remove a member and revoke its certificate, on the CA holder; every member hears
+        of it now, or on its next contact with the CA holder.
 
-        :raise ConflictError: the node owns VMs, or it is this node.
+        :raise ConflictError: not the CA holder; the node owns VMs; it is this node.
         """
         self._require_member()
         self.registry.get(name)
-        if name == self.name and propagate:
-            raise ConflictError("a node cannot remove itself; run this on another member")
+        self._require_ca_key("remove nodes")
+        if name == self.name:
+            raise ConflictError("the node holding the CA cannot remove itself")
         owned = int(self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (name,))[0][0])
         if owned and not force:
             raise ConflictError(
                 f"node {name} owns {owned} VM(s); migrate them away first or use --force"
             )
-        if propagate:
-            self._broadcast(
-                "DELETE",
-                f"/nodes/{name}",
-                {"force": "true", "propagate": "false"},
-                skip={self.name},
-            )
-        self.registry.remove(name)
+        self.registry.revoke(name)
+        self.push_registry(skip={self.name})
+
+    def push_registry(self, skip: set[str]) -> None:
+        """Send this CA holder's member list to every member (in parallel, best effort: one
+        that misses it follows on its next heartbeat)."""
+        body = RegistryModel.of(self.registry.snapshot()).model_dump(mode="json")
+
+        def send(node: NodeRecord) -> None:
+            try:
+                with peer_client(self.pki, node, timeout=5) as client:
+                    client.request("PUT", "/registry", json=body)
+            except CorralError as exc:
+                log.warning("could not tell %s the member list: %s", node.name, exc)
+
+        nodes = [n for n in self.registry.list() if n.name not in skip]
+        list(self._peers.map(send, nodes))
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every member with its online state as this node sees it."""
@@ -255,19 +313,6 @@ class NodeAgent:
         node = self.registry.get(name)
         return peer_client(self.pki, node)
 
-    def _broadcast(self, method: str, path: str, body: dict[str, Any], skip: set[str]) -> None:
-        for node in self.registry.list():
-            if node.name in skip:
-                continue
-            try:
-                with peer_client(self.pki, node) as client:
-                    if method == "DELETE":
-                        client.delete(path, **body)
-                    else:
-                        client.post(path, body)
-            except CorralError as exc:
-                log.warning("could not tell %s about %s %s: %s", node.name, method, path, exc)
-
     def heartbeat_once(self) -> None:
         """Reconcile VM records with what runs; record this node's facts, then ask every
         peer for theirs (in parallel)."""
@@ -284,9 +329,39 @@ class NodeAgent:
         try:
             with peer_client(self.pki, node, timeout=timeout) as client:
                 facts = client.get("/facts")
+                if node.holds_ca and int(facts.get("registry_version", 0)) > self.registry.version:
+                    # Missed a join or a removal: follow the CA holder's list.
+                    self.follow_registry(RegistryModel.model_validate(client.get("/registry")))
             self.registry.mark_seen(node.name, facts)
-        except (CorralError, httpx.HTTPError, OSError) as exc:
+        except (CorralError, httpx.HTTPError, OSError, ValueError) as exc:
             log.debug("heartbeat to %s failed: %s", node.name, exc)
+
+    # -- host files a VM may use ------------------------------------------------------------
+
+    def check_spec_paths(self, spec: VmSpec) -> None:
+        """A spec from another member (a migration, an adoption): every host file it uses
+        lies in this node's image or data directories, never in the agent's state.
+
+        :raise UserInputError: naming the field."""
+        s = self.settings
+        allowed = (*s.allowed_image_dirs, self.dirs.data)
+        check_host_paths(spec_paths(spec), allowed, s.private_dirs)
+
+    def check_vm_request(self, request: VmRequest, from_peer: bool) -> None:
+        """What a VM request may name: host files in the image directories when it comes
+        from the local CLI; none at all from another member (it can make new disks).
+
+        :raise AccessDenied: a member's request names a host file.
+        :raise UserInputError: a local request names a file outside the image directories.
+        """
+        named = request_paths(request)
+        if from_peer and named:
+            field = named[0][0]
+            raise AccessDenied(
+                f"{field}: a VM created from another node may not name host files; run"
+                f" 'corral vm create' on {self.name} itself, or give disks by size"
+            )
+        check_host_paths(named, self.settings.allowed_image_dirs, self.settings.private_dirs)
 
     def require_name_free(self, vm: str) -> None:
         """:raise ConflictError: a VM of that name exists on this node or an online member."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from corral.agent import migration_desk
+from corral.agent.access import Access, allow
 from corral.agent.api_models import AdoptRequest
 from corral.agent.node_agent import NodeAgent
 from corral.errors import ConflictError, NotFoundError
@@ -21,6 +22,8 @@ VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
 MAX_PROBE = 256 * 1024 * 1024
 PROBE_CHUNK = bytes(1024 * 1024)
 
+MEMBER = [allow(Access.MEMBER)]
+
 
 def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     def on_owner(vm: str, method: str, path: str, body: Any = None) -> Any | None:
@@ -31,7 +34,7 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         with agent.peer(owner) as client:
             return client.request(method, path, json=body, timeout=120)
 
-    @app.post("/v1/migrations", tags=["migrations"], status_code=202)
+    @app.post("/v1/migrations", tags=["migrations"], status_code=202, dependencies=MEMBER)
     def start_migration(body: MigrationOptions, request: Request) -> dict[str, Any]:
         """Live-migrate a VM to `target`: runs on the VM's owner; refused (409) with every
         preflight reason, or answered with the migration task to follow."""
@@ -41,7 +44,7 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
             return result
         return migration_desk.start(agent, body, owner_of(request))
 
-    @app.post("/v1/migrations/plan", tags=["migrations"])
+    @app.post("/v1/migrations/plan", tags=["migrations"], dependencies=MEMBER)
     def plan_migration(body: MigrationOptions) -> dict[str, Any]:
         """The preflight's answer and an estimate (RAM, dirty rate, link, expected time,
         convergence), moving nothing."""
@@ -51,12 +54,12 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
             return result
         return migration_desk.plan(agent, body)
 
-    @app.get("/v1/migrations", tags=["migrations"])
+    @app.get("/v1/migrations", tags=["migrations"], dependencies=MEMBER)
     def list_migrations(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         """Migrations this node started, newest first, with their journals."""
         return [m.to_json() for m in agent.journal.recent(limit)]
 
-    @app.post("/v1/migrations/{vm}/cancel", tags=["migrations"])
+    @app.post("/v1/migrations/{vm}/cancel", tags=["migrations"], dependencies=MEMBER)
     def cancel_migration(vm: VmName) -> dict[str, Any]:
         """Abort the VM's migration in progress; it keeps running where it was."""
         forwarded = on_owner(vm, "POST", f"/migrations/{vm}/cancel")
@@ -65,7 +68,7 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
             return result
         return migration_desk.cancel(agent, vm)
 
-    @app.post("/v1/migrations/{vm}/recover", tags=["migrations"])
+    @app.post("/v1/migrations/{vm}/recover", tags=["migrations"], dependencies=MEMBER)
     def recover_migration(vm: VmName) -> dict[str, Any]:
         """Ask both nodes of the VM's last migration what runs; repair the records."""
         return migration_desk.recover(agent, vm)
@@ -79,7 +82,7 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
             return False
         return True
 
-    @app.get("/v1/runtime/{vm}", tags=["runtime"])
+    @app.get("/v1/runtime/{vm}", tags=["runtime"], dependencies=MEMBER)
     def runtime(vm: VmName) -> dict[str, Any]:
         """What runs here under that VM's name, recorded or not."""
         status = agent.vms.status(vm)
@@ -91,17 +94,18 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
             "recorded": recorded(vm),
         }
 
-    @app.post("/v1/runtime/{vm}/adopt", tags=["runtime"])
+    @app.post("/v1/runtime/{vm}/adopt", tags=["runtime"], dependencies=MEMBER)
     def adopt(vm: VmName, body: AdoptRequest) -> dict[str, Any]:
         """Record a VM that runs here without a record (after an interrupted migration)."""
         spec = body.spec
+        agent.check_spec_paths(spec)
         if spec.name != vm or agent.vms.status(vm).state != RunState.RUNNING:
             raise ConflictError(f"{vm} does not run here; nothing to adopt")
         agent.vms.inventory.add(spec, agent.name, RunState.RUNNING.value)
         agent.vms.inventory.note(vm, "adopted by migration recovery")
         return {"adopted": vm}
 
-    @app.post("/v1/runtime/{vm}/discard", tags=["runtime"])
+    @app.post("/v1/runtime/{vm}/discard", tags=["runtime"], dependencies=MEMBER)
     def discard(vm: VmName) -> dict[str, Any]:
         """Stop a QEMU of that name that is not running a recorded VM (a half-arrived
         migration)."""
@@ -113,7 +117,7 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
         agent.driver.kill(layout)
         return {"discarded": vm}
 
-    @app.get("/v1/probe/stream", tags=["node"])
+    @app.get("/v1/probe/stream", tags=["node"], dependencies=MEMBER)
     def probe(size: Annotated[int, Query(ge=1, le=MAX_PROBE)]) -> Response:
         """`size` bytes, for measuring the link between two nodes (streamed from one
         PROBE_CHUNK-sized buffer: a request costs the same memory whatever its size)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 
+from corral.agent.access import Access, allow, caller_of
 from corral.agent.api_models import CheckpointCreate, StopRequest
 from corral.agent.node_agent import NodeAgent
 from corral.model import NAME_PATTERN
@@ -16,6 +17,8 @@ from corral.vms.specs import VmRequest
 VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
 CheckpointName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
+MEMBER = [allow(Access.MEMBER)]
+
 
 def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     vms = agent.vms
@@ -23,68 +26,78 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     def task(kind: str, args: dict[str, Any], request: Request) -> dict[str, Any]:
         return agent.runner.submit(kind, args, owner_of(request)).to_json()
 
-    @app.get("/v1/vms", tags=["vms"])
+    @app.get("/v1/vms", tags=["vms"], dependencies=MEMBER)
     def list_vms() -> list[dict[str, Any]]:
         """VMs this node knows, with their recorded and observed state."""
         return vms.describe_all()
 
-    @app.post("/v1/vms", tags=["vms"], status_code=201)
-    def create_vm(body: VmRequest) -> dict[str, Any]:
-        """Define a VM on this node (stopped); disks of `size_mib` are created."""
+    @app.post("/v1/vms", tags=["vms"], status_code=201, dependencies=MEMBER)
+    def create_vm(body: VmRequest, request: Request) -> dict[str, Any]:
+        """Define a VM on this node (stopped); disks of `size_mib` are created. Host files
+        (disk, kernel, initrd) must lie in the image directories, and only the local CLI
+        may name them."""
+        agent.check_vm_request(body, from_peer=not caller_of(request).local)
         agent.require_name_free(body.name)
         return vms.describe(vms.create(body))
 
-    @app.get("/v1/vms/{name}", tags=["vms"])
+    @app.get("/v1/vms/{name}", tags=["vms"], dependencies=MEMBER)
     def show_vm(name: VmName) -> dict[str, Any]:
         """One VM: spec, owner, recorded and observed state, history."""
         info = vms.describe(vms.record(name))
         info["events"] = vms.inventory.events(name)
         return info
 
-    @app.delete("/v1/vms/{name}", tags=["vms"])
+    @app.delete("/v1/vms/{name}", tags=["vms"], dependencies=MEMBER)
     def delete_vm(name: VmName, keep_disks: bool = False) -> dict[str, str]:
         """Remove a stopped VM (and the disks corral created for it unless `keep_disks`)."""
         vms.delete(name, keep_disks=keep_disks)
         return {"deleted": name}
 
-    @app.post("/v1/vms/{name}/start", tags=["vms"], status_code=202)
+    @app.post("/v1/vms/{name}/start", tags=["vms"], status_code=202, dependencies=MEMBER)
     def start_vm(name: VmName, request: Request) -> dict[str, Any]:
         """Start the VM (a task)."""
         vms.changeable(name)
         return task("vm.start", {"vm": name}, request)
 
-    @app.post("/v1/vms/{name}/stop", tags=["vms"], status_code=202)
+    @app.post("/v1/vms/{name}/stop", tags=["vms"], status_code=202, dependencies=MEMBER)
     def stop_vm(name: VmName, body: StopRequest, request: Request) -> dict[str, Any]:
         """ACPI power-off, forced after `timeout` seconds (a task)."""
         vms.changeable(name)
         return task("vm.stop", {"vm": name, "timeout": body.timeout}, request)
 
-    @app.post("/v1/vms/{name}/kill", tags=["vms"])
+    @app.post("/v1/vms/{name}/kill", tags=["vms"], dependencies=MEMBER)
     def kill_vm(name: VmName) -> dict[str, Any]:
         """Stop the VM at once."""
         vms.kill(name)
         return vms.describe(vms.record(name))
 
-    @app.post("/v1/vms/{name}/pause", tags=["vms"])
+    @app.post("/v1/vms/{name}/pause", tags=["vms"], dependencies=MEMBER)
     def pause_vm(name: VmName) -> dict[str, Any]:
         vms.pause(name)
         return vms.describe(vms.record(name))
 
-    @app.post("/v1/vms/{name}/resume", tags=["vms"])
+    @app.post("/v1/vms/{name}/resume", tags=["vms"], dependencies=MEMBER)
     def resume_vm(name: VmName) -> dict[str, Any]:
         vms.resume(name)
         return vms.describe(vms.record(name))
 
-    @app.get("/v1/vms/{name}/console", tags=["vms"], response_class=PlainTextResponse)
+    @app.get(
+        "/v1/vms/{name}/console",
+        tags=["vms"],
+        response_class=PlainTextResponse,
+        dependencies=MEMBER,
+    )
     def console(name: VmName, lines: Annotated[int, Query(ge=1, le=100_000)] = 50) -> str:
         """The last lines of the VM's serial console."""
         return vms.console(name, lines)
 
-    @app.get("/v1/vms/{name}/checkpoints", tags=["checkpoints"])
+    @app.get("/v1/vms/{name}/checkpoints", tags=["checkpoints"], dependencies=MEMBER)
     def list_checkpoints(name: VmName) -> list[dict[str, Any]]:
         return [c.to_json() for c in vms.checkpoints(name)]
 
-    @app.post("/v1/vms/{name}/checkpoints", tags=["checkpoints"], status_code=202)
+    @app.post(
+        "/v1/vms/{name}/checkpoints", tags=["checkpoints"], status_code=202, dependencies=MEMBER
+    )
     def create_checkpoint(name: VmName, body: CheckpointCreate, request: Request) -> dict[str, Any]:
         """Save the VM's memory, devices and disks (a task); it runs on unless `suspend`."""
         vms.changeable(name)
@@ -93,7 +106,10 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         )
 
     @app.post(
-        "/v1/vms/{name}/checkpoints/{checkpoint}/restore", tags=["checkpoints"], status_code=202
+        "/v1/vms/{name}/checkpoints/{checkpoint}/restore",
+        tags=["checkpoints"],
+        status_code=202,
+        dependencies=MEMBER,
     )
     def restore_checkpoint(
         name: VmName, checkpoint: CheckpointName, request: Request
@@ -102,7 +118,9 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         vms.changeable(name)
         return task("checkpoint.restore", {"vm": name, "name": checkpoint}, request)
 
-    @app.delete("/v1/vms/{name}/checkpoints/{checkpoint}", tags=["checkpoints"])
+    @app.delete(
+        "/v1/vms/{name}/checkpoints/{checkpoint}", tags=["checkpoints"], dependencies=MEMBER
+    )
     def delete_checkpoint(name: VmName, checkpoint: CheckpointName) -> dict[str, str]:
         vms.delete_checkpoint(name, checkpoint)
         return {"deleted": checkpoint}

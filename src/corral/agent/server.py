@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from corral.agent.app import api_app, join_app
+from corral.agent.http_guards import PeerCertProtocol
 from corral.agent.node_agent import NodeAgent
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AgentServer:
         def tls_config(app: Any, port: int, client_certs: ssl.VerifyMode) -> uvicorn.Config:
             return uvicorn.Config(
                 app,
+                http=PeerCertProtocol,  # carries the client certificate into each request
                 host=s.address,
                 port=port,
                 log_level="warning",

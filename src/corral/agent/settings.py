@@ -12,6 +12,7 @@ Example `/etc/corral/agent.toml` (every key optional)::
     data_dir = "/var/lib/corral/storage/data"      # VM disks (may be shared storage)
     config_dir = "/var/lib/corral/storage/config"  # VM specs (may be shared storage)
     system_dir = "/var/lib/corral/storage/system"  # checkpoints (may be shared storage)
+    image_dirs = ["/srv/images"]  # where a VM's disk, kernel or initrd may be (default: data_dir)
     hypervisor = "auto"          # qemu, bhyve, or auto: bhyve on FreeBSD, QEMU elsewhere
     bhyve_root = "/"             # where bhyve's tools and /dev/vmm are (a simulator in tests)
     accelerator = "auto"         # kvm, tcg, or auto: kvm when QEMU can use it here
@@ -58,6 +59,7 @@ class AgentSettings(BaseModel):
     data_dir: Path | None = None
     config_dir: Path | None = None
     system_dir: Path | None = None
+    image_dirs: tuple[Path, ...] | None = None
     hypervisor: str = Field("auto", pattern=r"^(auto|qemu|bhyve)$")
     bhyve_root: Path = Path("/")
     accelerator: str = Field("auto", pattern=r"^(auto|kvm|tcg)$")
@@ -74,6 +76,16 @@ class AgentSettings(BaseModel):
             system=self.system_dir or self.storage_dir / "system",
             run=self.run_dir,
         )
+
+    @property
+    def allowed_image_dirs(self) -> tuple[Path, ...]:
+        """Where a VM's disk, kernel or initrd may lie (`image_dirs`, else the data dir)."""
+        return self.image_dirs or (self.directories.data,)
+
+    @property
+    def private_dirs(self) -> tuple[Path, ...]:
+        """What no VM may ever read: the agent's state (database, keys) and run files."""
+        return (self.state_dir, self.run_dir)
 
     @property
     def socket_path(self) -> Path:

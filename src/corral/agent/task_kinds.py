@@ -14,7 +14,7 @@ from corral.migration.options import MigrationOptions
 from corral.migration.orchestrator import run_source
 from corral.migration.receiver import recover_receiver, run_receiver
 from corral.migration.recovery import recover_vm
-from corral.model import is_valid_name
+from corral.model import VmSpec, is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
 from corral.tasks.store import Task
 from corral.vms.service import VmService
@@ -148,6 +148,19 @@ def _validate_send(args: dict[str, Any]) -> None:
         ) from exc
 
 
+def _validate_receive(agent: NodeAgent, args: dict[str, Any]) -> None:
+    """A receive task comes from another member: its spec must be a VM spec whose every
+    host file lies in this node's image directories (never its state or keys)."""
+    try:
+        spec = VmSpec.model_validate(args.get("spec"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserInputError(
+            "args.spec." + ".".join(str(p) for p in first["loc"]), first["msg"]
+        ) from exc
+    agent.check_spec_paths(spec)
+
+
 def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
     """The source's migration and the destination's receive task."""
     from corral.agent import migration_desk
@@ -188,7 +201,9 @@ def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
             receive,
             idempotent=False,
             recover=recover_receive,
+            validate=lambda args: _validate_receive(agent, args),
             description="receive a live-migrating VM (the destination's side)",
+            from_peers=True,
         ),
     ]
 
@@ -201,6 +216,7 @@ def builtin_kinds(agent: NodeAgent) -> dict[str, TaskKind]:
             idempotent=False,
             validate=_validate_sleep,
             description="wait N seconds in steps, with progress (for checks and tests)",
+            from_peers=True,
         ),
         *vm_kinds(agent.vms),
         *migration_kinds(agent),

@@ -49,7 +49,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of a certificate's DER encoding, as 64 hex digits."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return der_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def der_fingerprint(cert_der: bytes) -> str:
+    """SHA-256 of a certificate given as DER (as a TLS peer presents it), 64 hex digits."""
+    return hashlib.sha256(cert_der).hexdigest()
 
 
 def make_key_and_csr(node_name: str) -> tuple[bytes, bytes]:
@@ -95,6 +100,10 @@ class PkiPaths:
     @property
     def holds_ca_key(self) -> bool:
         return self.ca_key.exists()
+
+    @property
+    def node_fingerprint(self) -> str:
+        return fingerprint(self.node_cert.read_bytes())
 
     def save_node(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)

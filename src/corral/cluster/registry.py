@@ -1,15 +1,25 @@
 """The node registry: every member of the cluster as this node knows it, with the facts and
-the last heartbeat it saw from each."""
+the last heartbeat it saw from each.
+
+A member is a name bound to one certificate (the SHA-256 fingerprint of its DER, recorded
+when the CA holder admitted it). Only the CA holder changes who is a member: it numbers
+each change (`version`), and every other node takes the CA holder's whole list
+(`RegistrySnapshot`) when it sees a newer version, so a node that was offline during a
+removal learns of it on its next contact. A removed member's certificate stays on the
+revoked list for good.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral.database import Database
-from corral.errors import NotFoundError
+from corral.errors import ConflictError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,8 @@ class NodeRecord:
     last_seen: float | None
     facts: dict[str, Any]
     draining: bool
+    fingerprint: str | None = None
+    holds_ca: bool = False
 
     def online(self, now: float, offline_after: float) -> bool:
         return self.last_seen is not None and now - self.last_seen <= offline_after
@@ -34,37 +46,35 @@ class NodeRecord:
             "last_seen": self.last_seen,
             "facts": self.facts,
             "draining": self.draining,
+            "fingerprint": self.fingerprint,
+            "holds_ca": self.holds_ca,
         }
+
+
+@dataclass(frozen=True)
+class Member:
+    """Who a member is, as the CA holder hands it out (no facts, no heartbeat)."""
+
+    name: str
+    address: str
+    port: int
+    joined_at: float
+    fingerprint: str
+    holds_ca: bool = False
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    version: int
+    members: tuple[Member, ...]
+    revoked: tuple[str, ...] = field(default=())
 
 
 class NodeRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def upsert(
-        self,
-        name: str,
-        address: str,
-        port: int,
-        facts: dict[str, Any] | None = None,
-        joined_at: float | None = None,
-    ) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO nodes (name, address, port, joined_at, facts) VALUES (?,?,?,?,?)"
-                " ON CONFLICT(name) DO UPDATE SET address = excluded.address,"
-                " port = excluded.port",
-                (name, address, port, joined_at or time.time(), json.dumps(facts or {})),
-            )
-            if facts:
-                conn.execute("UPDATE nodes SET facts = ? WHERE name = ?", (json.dumps(facts), name))
-
-    def mark_seen(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE nodes SET last_seen = ?, facts = ? WHERE name = ?",
-                (at or time.time(), json.dumps(facts), name),
-            )
+    # -- reading ---------------------------------------------------------------------------
 
     def list(self) -> list[NodeRecord]:
         return [self._record(r) for r in self.db.query("SELECT * FROM nodes ORDER BY name")]
@@ -77,9 +87,161 @@ class NodeRegistry:
             raise NotFoundError(f"no node {name!r} in the cluster (members: {known})")
         return self._record(rows[0])
 
-    def remove(self, name: str) -> None:
+    def by_fingerprint(self, fingerprint: str) -> NodeRecord | None:
+        """The current member whose certificate has this fingerprint, if any."""
+        rows = self.db.query("SELECT * FROM nodes WHERE fingerprint = ?", (fingerprint,))
+        return self._record(rows[0]) if rows else None
+
+    def ca_holder(self) -> NodeRecord | None:
+        rows = self.db.query("SELECT * FROM nodes WHERE holds_ca = 1")
+        return self._record(rows[0]) if rows else None
+
+    def is_revoked(self, fingerprint: str) -> bool:
+        rows = self.db.query("SELECT 1 FROM revoked_certs WHERE fingerprint = ?", (fingerprint,))
+        return bool(rows)
+
+    @property
+    def version(self) -> int:
+        rows = self.db.query("SELECT value FROM cluster_meta WHERE key = 'registry_version'")
+        return int(rows[0][0]) if rows else 0
+
+    def snapshot(self) -> RegistrySnapshot:
+        members = tuple(
+            Member(n.name, n.address, n.port, n.joined_at, n.fingerprint, n.holds_ca)
+            for n in self.list()
+            if n.fingerprint is not None
+        )
+        revoked = tuple(
+            str(r[0]) for r in self.db.query("SELECT fingerprint FROM revoked_certs ORDER BY 1")
+        )
+        return RegistrySnapshot(self.version, members, revoked)
+
+    # -- changing (the CA holder) ----------------------------------------------------------
+
+    def admit(
+        self,
+        member: Member,
+        facts: dict[str, Any] | None = None,
+        conn: sqlite3.Connection | None = None,
+    ) -> int:
+        """Record a new member and number the change (inside `conn`'s transaction when
+        given); returns the new version.
+
+        :raise ConflictError: the name, the address or the certificate is a member's
+            already, or the certificate was revoked.
+        """
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.db.transaction())
+            if conn.execute(
+                "SELECT 1 FROM revoked_certs WHERE fingerprint = ?", (member.fingerprint,)
+            ).fetchone():
+                raise ConflictError(f"the certificate of {member.name} was revoked")
+            clash = conn.execute(
+                "SELECT name FROM nodes WHERE name = ? OR address = ? OR fingerprint = ?",
+                (member.name, member.address, member.fingerprint),
+            ).fetchone()
+            if clash is not None:
+                raise ConflictError(
+                    f"{member.name} ({member.address}) clashes with member {clash['name']}"
+                )
+            self._insert(conn, member, facts)
+            return self._bump(conn)
+
+    def revoke(self, name: str, at: float | None = None) -> int:
+        """Remove member `name` and revoke its certificate; returns the new version.
+
+        :raise NotFoundError: no member of that name.
+        """
         with self.db.transaction() as conn:
+            row = conn.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no node {name!r} in the cluster")
+            if row["fingerprint"] is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO revoked_certs VALUES (?, ?, ?)",
+                    (row["fingerprint"], name, at or time.time()),
+                )
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+            return self._bump(conn)
+
+    # -- following (every other member) ----------------------------------------------------
+
+    def apply(self, snapshot: RegistrySnapshot) -> bool:
+        """Take the CA holder's list if it is newer than ours; True when it was. Members
+        keep the facts and heartbeat this node saw, as long as their certificate is the
+        same; a member whose certificate changed is a new member."""
+        with self.db.transaction() as conn:
+            if snapshot.version <= self._version(conn):
+                return False
+            wanted = {m.name: m for m in snapshot.members}
+            for row in conn.execute("SELECT name, fingerprint FROM nodes").fetchall():
+                member = wanted.get(row["name"])
+                if member is None or member.fingerprint != row["fingerprint"]:
+                    conn.execute("DELETE FROM nodes WHERE name = ?", (row["name"],))
+            for member in snapshot.members:
+                exists = conn.execute(
+                    "SELECT 1 FROM nodes WHERE name = ?", (member.name,)
+                ).fetchone()
+                if exists:
+                    conn.execute(
+                        "UPDATE nodes SET address = ?, port = ?, holds_ca = ? WHERE name = ?",
+                        (member.address, member.port, int(member.holds_ca), member.name),
+                    )
+                else:
+                    self._insert(conn, member, None)
+            for fingerprint in snapshot.revoked:
+                conn.execute(
+                    "INSERT OR IGNORE INTO revoked_certs VALUES (?, ?, ?)",
+                    (fingerprint, "", time.time()),
+                )
+            self._set_version(conn, snapshot.version)
+            return True
+
+    def mark_seen(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE nodes SET last_seen = ?, facts = ? WHERE name = ?",
+                (at or time.time(), json.dumps(facts), name),
+            )
+
+    # -- inside ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert(conn: Any, member: Member, facts: dict[str, Any] | None) -> None:
+        conn.execute(
+            "INSERT INTO nodes (name, address, port, joined_at, facts, fingerprint, holds_ca)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                member.name,
+                member.address,
+                member.port,
+                member.joined_at,
+                json.dumps(facts or {}),
+                member.fingerprint,
+                int(member.holds_ca),
+            ),
+        )
+
+    @staticmethod
+    def _version(conn: Any) -> int:
+        row = conn.execute(
+            "SELECT value FROM cluster_meta WHERE key = 'registry_version'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _set_version(conn: Any, version: int) -> None:
+        conn.execute(
+            "INSERT INTO cluster_meta VALUES ('registry_version', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(version),),
+        )
+
+    def _bump(self, conn: Any) -> int:
+        version = self._version(conn) + 1
+        self._set_version(conn, version)
+        return version
 
     @staticmethod
     def _record(row: Any) -> NodeRecord:
@@ -91,4 +253,6 @@ class NodeRegistry:
             row["last_seen"],
             json.loads(row["facts"]),
             bool(row["draining"]),
+            row["fingerprint"],
+            bool(row["holds_ca"]),
         )

@@ -8,12 +8,15 @@ token used in the same transaction that accepts it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from corral.database import Database
 from corral.errors import CorralError, UserInputError
@@ -70,22 +73,49 @@ def issue_token(
     return token, expires
 
 
-def consume_token(
-    db: Database, token_id: str, secret: str, joiner: str, now: float | None = None
-) -> None:
-    """Accept a token once.
+def _refusal(row: Any, secret: str, at: float) -> str | None:
+    if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+        return "join token refused: unknown token or wrong secret"
+    if row["used_at"] is not None:
+        return f"join token refused: already used by {row['used_by']}"
+    if row["expires_at"] < at:
+        return "join token refused: expired"
+    return None
+
+
+def check_token(db: Database, token_id: str, secret: str, now: float | None = None) -> None:
+    """Check a token without spending it (so a join refused for another reason keeps it).
 
     :raise JoinRefused: unknown, wrong secret, already used, or expired.
     """
     at = time.time() if now is None else now
-    with db.transaction() as conn:
+    rows = db.query("SELECT * FROM join_tokens WHERE id = ?", (token_id,))
+    refusal = _refusal(rows[0] if rows else None, secret, at)
+    if refusal is not None:
+        raise JoinRefused(refusal)
+
+
+def consume_token(
+    db: Database,
+    token_id: str,
+    secret: str,
+    joiner: str,
+    now: float | None = None,
+    conn: sqlite3.Connection | None = None,
+) -> None:
+    """Accept a token once (inside `conn`'s transaction when given, so it is spent only
+    if what it pays for is recorded too).
+
+    :raise JoinRefused: unknown, wrong secret, already used, or expired.
+    """
+    at = time.time() if now is None else now
+    with contextlib.ExitStack() as stack:
+        if conn is None:
+            conn = stack.enter_context(db.transaction())
         row = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (token_id,)).fetchone()
-        if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
-            raise JoinRefused("join token refused: unknown token or wrong secret")
-        if row["used_at"] is not None:
-            raise JoinRefused(f"join token refused: already used by {row['used_by']}")
-        if row["expires_at"] < at:
-            raise JoinRefused("join token refused: expired")
+        refusal = _refusal(row, secret, at)
+        if refusal is not None:
+            raise JoinRefused(refusal)
         conn.execute(
             "UPDATE join_tokens SET used_at = ?, used_by = ? WHERE id = ?", (at, joiner, token_id)
         )

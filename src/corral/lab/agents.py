@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from corral import config
 from corral.api_errors import Unreachable
 from corral.client import AgentClient
 from corral.commands import pid_alive
@@ -40,6 +41,8 @@ def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None =
         "state_dir": str(node.local_dir / "state"),
         "run_dir": str(node.local_dir / "run"),
         "storage_dir": str(plan.shared_dir),
+        # VMs may use the shared data directory and the cached test guest, nothing else.
+        "image_dirs": [str(plan.shared_dir / "data"), str(config.cache_dir() / "guest")],
         "heartbeat_interval": HEARTBEAT_INTERVAL,
         "offline_after": OFFLINE_AFTER,
         "accelerator": "tcg",

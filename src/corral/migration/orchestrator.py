@@ -222,7 +222,9 @@ class SourceMigration:
         layout = self.services.vms.layout(self.vm)
         tuning = self._tuning(source=True)
         if tuning.tls_dir is not None:
-            tuning = replace(tuning, tls_hostname=address)
+            # The target's certificate must name the target, not merely its address: an
+            # address taken over by another member's host is refused at the handshake.
+            tuning = replace(tuning, tls_hostname=self.opts.target)
         self._step(
             MigrationPhase.TRANSFER,
             f"to {address}:{port}, tls="

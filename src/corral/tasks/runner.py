@@ -68,6 +68,8 @@ class TaskKind:
 
     `recover(task)` is called for an interrupted task of a non-idempotent kind; it repairs
     what it can and returns None to leave the task interrupted, or a reason to fail it.
+    `from_peers`: other members may create it here (a protocol's deferred task); other
+    kinds come only from this node's CLI or its own routes.
     """
 
     name: str
@@ -76,6 +78,7 @@ class TaskKind:
     validate: Callable[[dict[str, Any]], None] = lambda _args: None
     recover: Recovery | None = None
     description: str = ""
+    from_peers: bool = False
 
 
 class TaskRunner:
