@@ -202,7 +202,8 @@ def test_api_refuses_a_certificate_from_another_ca(lab: LabPlan, tmp_path: Path)
 
 
 def _join_as(lab: LabPlan, token: str, name: str, host: int = 99) -> int:
-    """POST /v1/join on node1's join port as a joiner named `name`; the HTTP status."""
+    """POST /v1/join on node1's join port as a joiner named `name` at 10.210.0.HOST, sent
+    from that address (added in node1's namespace); the HTTP status."""
     token_id, secret, _ = token.split(".")
     _, csr = make_key_and_csr(name)
     body = json.dumps(
@@ -216,7 +217,11 @@ def _join_as(lab: LabPlan, token: str, name: str, host: int = 99) -> int:
         }
     )
     node1 = lab.nodes[0]
-    raw = netns.connect_in(node1.netns, str(node1.migration_address.ip), 4711)
+    source = f"10.210.0.{host}"
+    subprocess.run(
+        ["ip", "-n", node1.netns, "addr", "replace", f"{source}/24", "dev", "mig0"], check=True
+    )
+    raw = netns.connect_in(node1.netns, str(node1.migration_address.ip), 4711, source=source)
     with client_context(lab, None, None).wrap_socket(
         raw, server_hostname=str(node1.migration_address.ip)
     ) as tls:

@@ -257,8 +257,14 @@ def test_node_option_creates_and_runs_a_vm_on_another_node(
     lab: LabPlan, guest_image: GuestImage
 ) -> None:
     node1, node2 = lab.nodes
-    corral_ok(node1, "vm", "create", "far", "--node", "node2", *guest_args(guest_image), "--start")
+    # Another node may not name node2's host files (a kernel, an image): only new disks.
+    refused = corral(node1, "vm", "create", "far", "--node", "node2", *guest_args(guest_image))
+    assert refused.returncode == 9
+    assert "boot.kernel: a VM created from another node may not name host files" in refused.stderr
+    assert corral(node2, "vm", "show", "far").returncode == 3
+    corral_ok(node1, "vm", "create", "far", "--node", "node2", "--disk", "8", "--start")
     assert corral_json(node2, "vm", "show", "far")["owner"] == "node2"
+    assert corral_json(node2, "vm", "show", "far")["observed"] == "running"
     assert "far" not in {v["name"] for v in corral_json(node1, "vm", "list")}
     out = corral(node1, "vm", "create", "far", *guest_args(guest_image))
     assert out.returncode == 4

@@ -62,8 +62,11 @@ def _setns(fd: int) -> None:
         raise EnvironmentProblem(f"setns failed: {os.strerror(err)} (root is needed)")
 
 
-def connect_in(netns: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
-    """A TCP connection to `host:port` made from inside `netns`.
+def connect_in(
+    netns: str, host: str, port: int, timeout: float = 5.0, source: str | None = None
+) -> socket.socket:
+    """A TCP connection to `host:port` made from inside `netns` (from its address `source`
+    when given).
 
     :raise EnvironmentProblem: the namespace does not exist or cannot be entered.
     :raise OSError: the connection itself failed.
@@ -77,7 +80,10 @@ def connect_in(netns: str, host: str, port: int, timeout: float = 5.0) -> socket
         try:
             with path.open() as ns_file:
                 _setns(ns_file.fileno())
-            result.append(socket.create_connection((host, port), timeout=timeout))
+            bind = (source, 0) if source else None
+            result.append(
+                socket.create_connection((host, port), timeout=timeout, source_address=bind)
+            )
         except BaseException as exc:  # handed to the caller's thread
             result.append(exc)
 

@@ -1,0 +1,94 @@
+"""QEMU checks the target's node name, not only its address: a source told to migrate to
+node2 refuses an address that presents node3's certificate (QEMU's `tls-hostname`), and the
+VM runs on at the source. Real QEMU on loopback, certificates from a real cluster CA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.cluster.pki import ClusterCA, PkiPaths, make_key_and_csr
+from corral.hypervisors.base import MigrationStatus, MigrationTuning, RunState, VmLayout
+from corral.hypervisors.qemu.driver import QemuDriver
+from corral.migration.receiver import free_port
+from corral.model import VmSpec
+from corral.waiting import wait_for
+
+pytestmark = pytest.mark.qemu
+LOOPBACK = "127.0.0.1"
+
+
+def node_pki(ca: ClusterCA, root: Path, name: str) -> PkiPaths:
+    paths = PkiPaths(root / name)
+    key, csr = make_key_and_csr(name)
+    paths.save_node(ca.cert_pem, ca.sign(csr, name, LOOPBACK), key)
+    return paths
+
+
+def finished(driver: QemuDriver, layout: VmLayout) -> MigrationStatus:
+    def ended() -> MigrationStatus | None:
+        status = driver.migration_status(layout)
+        return status if status.finished else None
+
+    return wait_for(ended, timeout=60, what="the migration to end")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[tuple[QemuDriver, VmSpec, VmLayout, ClusterCA, Path]]:
+    driver = QemuDriver("tcg")
+    spec = VmSpec(name="named", memory_mib=64)
+    layout = VmLayout(tmp_path / "src", tmp_path / "src-checkpoints")
+    ca_paths = PkiPaths(tmp_path / "ca")
+    ca = ClusterCA.create(ca_paths, "names")
+    driver.define(spec)
+    driver.start(spec, layout)
+    try:
+        yield driver, spec, layout, ca, tmp_path
+    finally:
+        driver.kill(layout)
+
+
+def test_a_target_presenting_another_nodes_certificate_is_refused(
+    source: tuple[QemuDriver, VmSpec, VmLayout, ClusterCA, Path],
+) -> None:
+    driver, spec, layout, ca, root = source
+    node1, node3 = node_pki(ca, root, "node1"), node_pki(ca, root, "node3")
+    client_tls = driver.migration_tls_dir(
+        layout, "client", node1.ca_cert, node1.node_cert, node1.node_key
+    )
+
+    def target(name: str) -> tuple[VmLayout, int]:
+        there = VmLayout(root / f"dst-{name}", root / f"dst-{name}-checkpoints")
+        tls = driver.migration_tls_dir(
+            there, "server", node3.ca_cert, node3.node_cert, node3.node_key
+        )
+        port = free_port(LOOPBACK)
+        driver.migration_listen(spec, there, LOOPBACK, port, MigrationTuning(tls_dir=tls))
+        return there, port
+
+    # "Migrate to node2": the address answers with node3's certificate.
+    impostor, port = target("impostor")
+    try:
+        tuning = MigrationTuning(tls_dir=client_tls, tls_hostname="node2")
+        driver.migration_start(layout, LOOPBACK, port, tuning)
+        status = finished(driver, layout)
+        assert status.state == "failed", status
+        assert "node2" in status.error, status.error
+        assert driver.status(layout).state == RunState.RUNNING
+        assert driver.status(impostor).state != RunState.RUNNING
+    finally:
+        driver.kill(impostor)
+
+    # The same certificate, asked for by its own name: the migration goes through (so the
+    # refusal above was the name, not the set-up).
+    real, port = target("real")
+    try:
+        driver.migration_start(
+            layout, LOOPBACK, port, MigrationTuning(tls_dir=client_tls, tls_hostname="node3")
+        )
+        assert finished(driver, layout).state == "completed"
+        wait_for(lambda: driver.migration_incoming_done(real), timeout=30, what="arrival")
+    finally:
+        driver.kill(real)
