@@ -1,6 +1,7 @@
-"""QEMU checks the target's node name, not only its address: a source told to migrate to
-node2 refuses an address that presents node3's certificate (QEMU's `tls-hostname`), and the
-VM runs on at the source. Real QEMU on loopback, certificates from a real cluster CA."""
+"""QEMU checks node names, not only that the CA signed a certificate: a source told to
+migrate to node2 refuses an address that presents node3's certificate (`tls-hostname`), a
+target waiting for node2 refuses a stream from node1 (`tls-authz`), and the VM runs on at
+the source. Real QEMU on loopback, certificates from a real cluster CA."""
 
 from __future__ import annotations
 
@@ -59,13 +60,14 @@ def test_a_target_presenting_another_nodes_certificate_is_refused(
         layout, "client", node1.ca_cert, node1.node_cert, node1.node_key
     )
 
-    def target(name: str) -> tuple[VmLayout, int]:
+    def target(name: str, source: str = "node1") -> tuple[VmLayout, int]:
         there = VmLayout(root / f"dst-{name}", root / f"dst-{name}-checkpoints")
         tls = driver.migration_tls_dir(
             there, "server", node3.ca_cert, node3.node_cert, node3.node_key
         )
         port = free_port(LOOPBACK)
-        driver.migration_listen(spec, there, LOOPBACK, port, MigrationTuning(tls_dir=tls))
+        tuning = MigrationTuning(tls_dir=tls, tls_peer_name=source)
+        driver.migration_listen(spec, there, LOOPBACK, port, tuning)
         return there, port
 
     # "Migrate to node2": the address answers with node3's certificate.
@@ -80,6 +82,17 @@ def test_a_target_presenting_another_nodes_certificate_is_refused(
         assert driver.status(impostor).state != RunState.RUNNING
     finally:
         driver.kill(impostor)
+
+    # node3 waits for node2's VM: node1's stream is refused though the CA signed node1.
+    waiting, port = target("waiting", source="node2")
+    try:
+        tuning = MigrationTuning(tls_dir=client_tls, tls_hostname="node3")
+        driver.migration_start(layout, LOOPBACK, port, tuning)
+        assert finished(driver, layout).state == "failed"
+        assert driver.status(layout).state == RunState.RUNNING
+        assert driver.status(waiting).state != RunState.RUNNING
+    finally:
+        driver.kill(waiting)
 
     # The same certificate, asked for by its own name: the migration goes through (so the
     # refusal above was the name, not the set-up).

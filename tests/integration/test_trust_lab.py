@@ -68,7 +68,9 @@ def test_a_member_cannot_rewrite_another_members_address(lab: LabPlan) -> None:
         if member["name"] == "node2":
             member["address"] = str(node3.migration_address.ip)
     for victim in (node1, node2):
-        refused(as_node3(lab, victim, "PUT", "/v1/registry", body=forged), 403, "holds the cluster CA")
+        refused(
+            as_node3(lab, victim, "PUT", "/v1/registry", body=forged), 403, "holds the cluster CA"
+        )
         # The old upsert route is gone.
         old = {"name": "node2", "address": str(node3.migration_address.ip), "port": 4710}
         assert as_node3(lab, victim, "POST", "/v1/nodes", body=old).status in (404, 405)

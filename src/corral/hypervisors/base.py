@@ -191,6 +191,7 @@ class MigrationTuning:
 
     tls_dir: Path | None = None  # cluster CA and this node's certificate, QEMU's names
     tls_hostname: str | None = None  # the target's name or address in its certificate (src)
+    tls_peer_name: str | None = None  # dst: accept only the source node of this name (CN)
     multifd_channels: int = 1  # > 1: parallel streams
     postcopy: bool = False  # allow switching to post-copy
     bandwidth_bytes: int = 0  # 0: unlimited

@@ -53,6 +53,13 @@ def check_storage(dirs: NodeDirectories, expected: dict[str, str | None]) -> Non
             )
 
 
+def source_node(ctx: TaskContext) -> str | None:
+    """The node this VM comes from: the member that created the task (its owner is the
+    name on its certificate); None when the local CLI made it (tests, by hand)."""
+    owner = ctx.task.owner
+    return None if owner.startswith("cli@") else owner
+
+
 def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]:
     spec = VmSpec.model_validate(ctx.args["spec"])
     vms = services.vms
@@ -76,6 +83,8 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         tls_dir = services.driver.migration_tls_dir(layout, "server", t.ca, t.cert, t.key)
     tuning = MigrationTuning(
         tls_dir=tls_dir,
+        # The member that created this task (by its certificate) is the only source.
+        tls_peer_name=source_node(ctx),
         multifd_channels=int(ctx.args.get("parallel", 1)),
         postcopy=bool(ctx.args.get("postcopy", False)),
     )

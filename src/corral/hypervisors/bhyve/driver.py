@@ -394,6 +394,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         args += ["--listen", f"{address}:{port}", "--to", f"127.0.0.1:{inner}"]
         if tuning.tls_dir is not None:
             args += ["--tls-dir", str(tuning.tls_dir)]
+            if tuning.tls_peer_name:
+                args += ["--peer-name", tuning.tls_peer_name]
         runtime.spawn(RELAY, args, "receive.pid")
 
         def listening() -> bool:

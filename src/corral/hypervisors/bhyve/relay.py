@@ -131,6 +131,16 @@ def relay(a: socket.socket, b: socket.socket, status: Status, bandwidth: int) ->
         t.join()
 
 
+def peer_common_name(conn: ssl.SSLSocket) -> str | None:
+    """The CN of the peer's (verified) certificate."""
+    cert: Any = conn.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for pair in rdn:
+            if pair[0] == "commonName":
+                return str(pair[1])
+    return None
+
+
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting peer has to finish the TLS handshake
 
 
@@ -151,10 +161,16 @@ def receive(args: argparse.Namespace, status: Status) -> int:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             conn = ctx.wrap_socket(raw, server_side=True) if ctx else raw
             conn.settimeout(None)
-            break
         except (ssl.SSLError, OSError) as exc:  # not a cluster member: refused, wait on
             raw.close()
             status.update(error=f"refused {peer[0]}: {exc}")
+            continue
+        name = peer_common_name(conn) if isinstance(conn, ssl.SSLSocket) else None
+        if args.peer_name and name != args.peer_name:
+            conn.close()  # a member, but not the source of this migration
+            status.update(error=f"refused {peer[0]}: certificate of {name}, not {args.peer_name}")
+            continue
+        break
     listener.close()
     status.update(state="active", error="", peer=peer[0])
     inner = socket.create_connection(address(args.to), timeout=30)
@@ -218,6 +234,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--to", required=True, help="where to relay to, ADDRESS:PORT")
     parser.add_argument("--tls-dir", help="ca-cert.pem and ENDPOINT-cert/key.pem (no: plain)")
     parser.add_argument("--hostname", help="send: the name the destination's certificate has")
+    parser.add_argument("--peer-name", help="receive: accept only this node's certificate (CN)")
     parser.add_argument("--bandwidth", type=int, default=0, help="send: bytes/s (0: no limit)")
     parser.add_argument("--timeout", type=float, default=300.0, help="receive: wait this long")
     split = argv.index("--") if "--" in argv else len(argv)

@@ -15,6 +15,7 @@ from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.waiting import wait_for
 
 TLS_OBJECT = "corral-tls"
+AUTHZ_OBJECT = "corral-authz"
 UNLIMITED = 64 * 1024**3  # QEMU has no "unlimited"; 64 GiB/s is beyond any link
 
 
@@ -51,6 +52,19 @@ def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -
     with QmpSession(layout.control_socket) as qmp:
         _capabilities(qmp, tuning, source=False)
         params: dict[str, Any] = _tls(qmp, tuning, "server")
+        if tuning.tls_dir is not None and tuning.tls_peer_name:
+            # Only the source node's certificate may feed this QEMU, not any the CA signed.
+            with contextlib.suppress(HypervisorError):
+                qmp.execute("object-del", {"id": AUTHZ_OBJECT})
+            qmp.execute(
+                "object-add",
+                {
+                    "qom-type": "authz-simple",
+                    "id": AUTHZ_OBJECT,
+                    "identity": f"CN={tuning.tls_peer_name}",
+                },
+            )
+            params["tls-authz"] = AUTHZ_OBJECT
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
