@@ -3,7 +3,7 @@
 `virsh migrate --live` and with `corral migrate`, interleaved in one run: wall time, the
 downtime each reports, and pings lost at a 10 ms interval from the client namespace.
 
-libvirt runs as ../shared/LAB-NOTES.md describes: one system-mode libvirtd per lab node, in
+libvirt runs as one system-mode libvirtd per lab node, in
 that node's network namespace and a private mount namespace with its own state directories
 and host UUID, listening on the node's migration address (TCP, no auth: lab only)."""
 

@@ -1,6 +1,6 @@
 """corral: a cluster manager for virtual machines whose headline job is live migration.
 
-Layers, arrows pointing down (see ../shared/DESIGN.md and docs/architecture.md)::
+Layers, arrows pointing down (see docs/architecture.md)::
 
     cli/ -> agent/ -> migration/ -> cluster/, tasks/, storage/ -> hypervisors/
     model.py, errors.py, config.py: shared value types, the error tree, settings

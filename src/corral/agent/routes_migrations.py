@@ -10,7 +10,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from corral.agent import migration_desk
-from corral.agent.access import Access, allow
+from corral.agent.access import Access, allow, caller_of
 from corral.agent.api_models import AdoptRequest
 from corral.agent.node_agent import NodeAgent
 from corral.errors import ConflictError, NotFoundError
@@ -26,8 +26,15 @@ MEMBER = [allow(Access.MEMBER)]
 
 
 def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
-    def on_owner(vm: str, method: str, path: str, body: Any = None) -> Any | None:
-        """Forward to the VM's owner when it is another node; None when it is this one."""
+    def on_owner(request: Request, vm: str, method: str, path: str, body: Any = None) -> Any | None:
+        """Forward the local CLI's request to the VM's owner when it is another node; None
+        when it is this one. A member's request is never forwarded (no member speaks
+        through another): it is refused with the owner's name."""
+        if not caller_of(request).local:
+            owner = agent.vms.record(vm).owner  # a member's request asks no one else
+            if owner != agent.name:
+                raise ConflictError(f"VM {vm} is owned by {owner}: ask {owner}")
+            return None
         owner = migration_desk.locate_owner(agent, vm)
         if owner == agent.name:
             return None
@@ -38,17 +45,19 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     def start_migration(body: MigrationOptions, request: Request) -> dict[str, Any]:
         """Live-migrate a VM to `target`: runs on the VM's owner; refused (409) with every
         preflight reason, or answered with the migration task to follow."""
-        forwarded = on_owner(body.vm, "POST", "/migrations", body.model_dump(mode="json"))
+        forwarded = on_owner(request, body.vm, "POST", "/migrations", body.model_dump(mode="json"))
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result
         return migration_desk.start(agent, body, owner_of(request))
 
     @app.post("/v1/migrations/plan", tags=["migrations"], dependencies=MEMBER)
-    def plan_migration(body: MigrationOptions) -> dict[str, Any]:
+    def plan_migration(body: MigrationOptions, request: Request) -> dict[str, Any]:
         """The preflight's answer and an estimate (RAM, dirty rate, link, expected time,
         convergence), moving nothing."""
-        forwarded = on_owner(body.vm, "POST", "/migrations/plan", body.model_dump(mode="json"))
+        forwarded = on_owner(
+            request, body.vm, "POST", "/migrations/plan", body.model_dump(mode="json")
+        )
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result
@@ -60,9 +69,9 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         return [m.to_json() for m in agent.journal.recent(limit)]
 
     @app.post("/v1/migrations/{vm}/cancel", tags=["migrations"], dependencies=MEMBER)
-    def cancel_migration(vm: VmName) -> dict[str, Any]:
+    def cancel_migration(vm: VmName, request: Request) -> dict[str, Any]:
         """Abort the VM's migration in progress; it keeps running where it was."""
-        forwarded = on_owner(vm, "POST", f"/migrations/{vm}/cancel")
+        forwarded = on_owner(request, vm, "POST", f"/migrations/{vm}/cancel")
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result

@@ -1,4 +1,4 @@
-"""The driver contract every hypervisor implements (see ../shared/DESIGN.md), and the value
+"""The driver contract every hypervisor implements (see docs/architecture.md), and the value
 types it speaks in. A driver is stateless: each call gets the VM's spec and where its files
 are (`VmLayout`), so an agent restarted at any time finds its VMs again.
 

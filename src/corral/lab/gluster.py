@@ -4,8 +4,7 @@ seed names for VM storage (with NFS and Ceph, which these machines cannot run).
 glusterd runs in the lab's storage namespace on the migration network (it refuses loopback
 bricks), with its working directory under the lab's root; the volume has one brick there;
 the FUSE client mounts it on the shared directory from the storage namespace, keeping the
-host's mount namespace, so every node sees the same mount at the same path. See
-../shared/LAB-NOTES.md.
+host's mount namespace, so every node sees the same mount at the same path (docs/lab.md).
 """
 
 from __future__ import annotations

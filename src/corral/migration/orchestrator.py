@@ -1,5 +1,5 @@
 """The source side of a live migration (the migration task on the VM's owner), following
-../shared/DESIGN.md: preflight, a deferred task on the target that listens, transfer under
+docs/migration.md: preflight, a deferred task on the target that listens, transfer under
 the convergence policy, switchover, handoff, cleanup; and rollback that never loses or
 doubles the VM. Every step is written to the journal before it is taken.
 """
