@@ -110,3 +110,11 @@ def test_the_join_port_bounds_bodies_and_describes_nothing(agent: NodeAgent) -> 
     assert join.post("/v1/join", content=chunks()).status_code == 413
     for path in ("/openapi.json", "/docs", "/redoc"):
         assert join.get(path).status_code == 404
+
+
+def test_a_join_address_is_compared_in_its_canonical_spelling() -> None:
+    from corral.agent.api_models import normalized_ip
+
+    assert normalized_ip("::ffff:10.0.0.7") == "10.0.0.7"
+    assert normalized_ip("fe80:0:0::1") == "fe80::1"
+    assert normalized_ip("not an address") == ""

@@ -18,11 +18,15 @@ IP_PATTERN = r"^[0-9a-fA-F.:]{2,45}$"
 
 
 def normalized_ip(value: str) -> str:
-    """An IP address in its one canonical spelling ("" when `value` is none)."""
+    """An IP address in its one canonical spelling, an IPv4-mapped IPv6 address as the IPv4
+    address it maps ("" when `value` is none)."""
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _ip_address(value: str) -> str:

@@ -51,7 +51,6 @@ from corral.errors import CorralError, EnvironmentProblem
 from corral.model import NAME_PATTERN
 from corral.tasks.states import TaskState
 
-ORIGIN_HEADER = "x-corral-origin"
 Via = Literal["local", "peer"]
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 NodeName = Annotated[str, Path(pattern=NAME_PATTERN)]
@@ -136,7 +135,7 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
         except CorralError as exc:
             return JSONResponse(error_body(exc), status_code=status_for(exc))
         body = await request.body()
-        headers = {ORIGIN_HEADER: agent.name}
+        headers = {}
         if "content-type" in request.headers:
             headers["content-type"] = request.headers["content-type"]
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -198,7 +198,10 @@ class NodeAgent:
             answer = JoinResponse.model_validate(
                 client.post("/join", request.model_dump(mode="json"))
             )
-        snapshot = answer.registry.snapshot()
+        try:
+            snapshot = answer.registry.snapshot()
+        except ValueError as exc:
+            raise JoinRefused(f"the cluster sent a malformed member list: {exc}") from exc
         mine = [m for m in snapshot.members if m.name == self.name]
         if not mine or mine[0].fingerprint != fingerprint(answer.cert.encode()):
             raise JoinRefused("the cluster's member list does not hold the certificate it sent")
