@@ -84,3 +84,11 @@ def test_a_member_whose_certificate_changed_is_a_new_member(
     assert (node2.fingerprint, node2.last_seen, node2.facts) == ("e" * 64, None, {})
     node1 = follower.get("node1")
     assert node1.last_seen == 100.0  # same certificate: what this node saw of it stays
+
+
+def test_no_list_moves_a_member_to_another_address(tmp_path: Path) -> None:
+    follower = NodeRegistry(Database(tmp_path / "follower.db"))
+    follower.apply(RegistrySnapshot(2, (A, B), ()))
+    moved = Member("node2", "10.0.0.66", 4710, 2.0, "b" * 64)
+    follower.apply(RegistrySnapshot(3, (A, moved), ()))
+    assert follower.get("node2").address == "10.0.0.2"

@@ -169,8 +169,9 @@ class NodeRegistry:
 
     def apply(self, snapshot: RegistrySnapshot) -> bool:
         """Take the CA holder's list if it is newer than ours; True when it was. Members
-        keep the facts and heartbeat this node saw, as long as their certificate is the
-        same; a member whose certificate changed is a new member."""
+        keep their address and the facts and heartbeat this node saw, as long as their
+        certificate is the same (no list moves a member to another address: its certificate
+        names the old one); a member whose certificate changed is a new member."""
         with self.db.transaction() as conn:
             if snapshot.version <= self._version(conn):
                 return False
@@ -183,10 +184,10 @@ class NodeRegistry:
                 exists = conn.execute(
                     "SELECT 1 FROM nodes WHERE name = ?", (member.name,)
                 ).fetchone()
-                if exists:
+                if exists:  # the same certificate: its address is the one it was admitted with
                     conn.execute(
-                        "UPDATE nodes SET address = ?, port = ?, holds_ca = ? WHERE name = ?",
-                        (member.address, member.port, int(member.holds_ca), member.name),
+                        "UPDATE nodes SET holds_ca = ? WHERE name = ?",
+                        (int(member.holds_ca), member.name),
                     )
                 else:
                     self._insert(conn, member, None)
