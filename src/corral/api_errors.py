@@ -19,6 +19,7 @@ STATUS_BY_TYPE: dict[type[errors.CorralError], int] = {
     errors.EnvironmentProblem: 503,
     errors.CommandFailed: 502,
     errors.HypervisorError: 502,
+    errors.WaitTimeout: 504,
 }
 
 
@@ -52,12 +53,15 @@ def error_body(exc: errors.CorralError) -> dict[str, Any]:
             "message": exc.message,
             "field": getattr(exc, "field", None),
             "details": exc.details,
+            "exit_code": exc.exit_code,
         }
     }
 
 
 def raise_for_response(response: httpx.Response) -> None:
-    """:raise CorralError: of the type the agent reported, when the response is an error."""
+    """:raise CorralError: of the type the agent reported (the same class when this process
+    knows it, else `RemoteError` with the agent's exit code), when the response is an error.
+    """
     if response.is_success:
         return
     info: Any = {}
@@ -66,20 +70,25 @@ def raise_for_response(response: httpx.Response) -> None:
         message, kind, field = str(info["message"]), str(info["type"]), info.get("field")
     except (ValueError, KeyError, TypeError):
         message, kind, field = response.text[:300] or response.reason_phrase, "", None
-    if kind == "UserInputError" or response.status_code == 422:
-        problem = message.split(": ", 1)[1] if field and ": " in message else message
-        raise errors.UserInputError(str(field or "request"), problem)
     details = info.get("details") if isinstance(info, dict) else None
-    if kind == "Unreachable":
-        raise Unreachable(message)
-    if response.status_code == 404:
-        raise errors.NotFoundError(message)
-    if response.status_code == 409:
-        conflict = errors.ConflictError(message)
-        conflict.details = details
-        raise conflict
-    if response.status_code == 403:
-        raise AccessDenied(message)
-    if response.status_code == 503:
-        raise errors.EnvironmentProblem(message)
-    raise RemoteError(f"agent error {response.status_code}: {message}")
+    exit_code = info.get("exit_code") if isinstance(info, dict) else None
+    if response.status_code == 422 and kind not in errors.ERROR_TYPES:
+        kind = "UserInputError"  # FastAPI's own validation answers
+    known = errors.ERROR_TYPES.get(kind)
+    error: errors.CorralError
+    if known is not None:
+        error = known.from_wire(message, None if field is None else str(field))
+    elif response.status_code == 404:
+        error = errors.NotFoundError(message)
+    elif response.status_code == 409:
+        error = errors.ConflictError(message)
+    elif response.status_code == 403:
+        error = AccessDenied(message)
+    elif response.status_code == 503:
+        error = errors.EnvironmentProblem(message)
+    else:
+        error = RemoteError(f"agent error {response.status_code}: {message}")
+    if isinstance(exit_code, int) and not isinstance(exit_code, bool):
+        error.exit_code = exit_code  # the agent's word, for a type this process lacks
+    error.details = details
+    raise error

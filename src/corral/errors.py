@@ -9,12 +9,20 @@ turns them into a one-line message and an exit code, never a traceback.
     ├── ConflictError            exit 4, the request clashes with the current state
     ├── EnvironmentProblem       exit 5, this machine lacks something (root, a package, a file)
     ├── CommandFailed            exit 6, an external command (ip, qemu-img, ...) failed
-    └── HypervisorError          exit 7, the hypervisor refused or died
+    ├── HypervisorError          exit 7, the hypervisor refused or died
+    └── WaitTimeout              exit 8, a condition did not hold before its deadline
+
+Errors cross the HTTP API by name (`api_errors.py`): every subclass, wherever it is defined,
+is recorded in `ERROR_TYPES` and rebuilt on the client's side with `from_wire`, so the CLI
+exits with the code the agent's error has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
+
+ERROR_TYPES: dict[str, type[CorralError]] = {}
 
 
 class CorralError(Exception):
@@ -28,6 +36,17 @@ class CorralError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        ERROR_TYPES.setdefault(cls.__name__, cls)
+
+    @classmethod
+    def from_wire(cls, message: str, field: str | None) -> Self:
+        """The error an agent reported as `message` (and `field`), rebuilt here."""
+        error = cls.__new__(cls)
+        CorralError.__init__(error, message)
+        return error
+
 
 class UserInputError(CorralError):
     """Bad input from a person or a program; `field` names what was wrong."""
@@ -38,6 +57,12 @@ class UserInputError(CorralError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+    @classmethod
+    def from_wire(cls, message: str, field: str | None) -> Self:
+        name = field or "request"
+        prefix = f"{name}: "
+        return cls(name, message[len(prefix) :] if message.startswith(prefix) else message)
 
 
 class NotFoundError(CorralError):
@@ -71,8 +96,20 @@ class CommandFailed(CorralError):
         self.returncode = returncode
         self.stderr = stderr
 
+    @classmethod
+    def from_wire(cls, message: str, field: str | None) -> Self:
+        error = super().from_wire(message, field)
+        error.argv, error.returncode, error.stderr = [], -1, ""
+        return error
+
 
 class HypervisorError(CorralError):
     """The hypervisor refused a request or died."""
 
     exit_code = 7
+
+
+class WaitTimeout(CorralError):
+    """A condition did not hold before its deadline."""
+
+    exit_code = 8

@@ -10,15 +10,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from corral.errors import CorralError
+from corral.errors import WaitTimeout
 
 T = TypeVar("T")
 
 
-class WaitTimeout(CorralError):
-    """A condition did not hold before its deadline."""
-
-    exit_code = 8
+__all__ = ["WaitTimeout", "wait_for"]  # WaitTimeout lives in errors.py, with its siblings
 
 
 def wait_for(
