@@ -102,6 +102,12 @@ SCHEMA_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 4: a failed task keeps its error's type and exit code, so the CLI that followed it
+    # exits as the error says
+    """
+    ALTER TABLE tasks ADD COLUMN error_type TEXT;
+    ALTER TABLE tasks ADD COLUMN exit_code INTEGER;
+    """,
 )
 
 

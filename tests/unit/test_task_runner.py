@@ -122,6 +122,16 @@ def test_failures_are_recorded_with_their_reason(runner: TaskRunner, store: Task
     assert "Traceback" in crashed.log_path.read_text()
 
 
+def test_a_failure_keeps_its_errors_type_and_exit_code(
+    runner: TaskRunner, store: TaskStore
+) -> None:
+    failed = wait_state(store, runner.submit("fail", {}, "t").id, TaskState.FAILED)
+    assert (failed.error_type, failed.exit_code) == ("HypervisorError", 7)
+    assert failed.to_json()["exit_code"] == 7
+    crashed = wait_state(store, runner.submit("crash", {}, "t").id, TaskState.FAILED)
+    assert (crashed.error_type, crashed.exit_code) == ("ZeroDivisionError", 1)
+
+
 def test_a_running_task_stops_when_cancelled(
     runner: TaskRunner, store: TaskStore, gate: Gate
 ) -> None:

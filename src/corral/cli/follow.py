@@ -13,10 +13,16 @@ from corral.cli.format import progress_text
 from corral.cli.output import console
 from corral.client import AgentClient
 from corral.errors import CorralError
+from corral.tasks.states import TaskState
 from corral.waiting import WaitTimeout
 
-FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
-EXIT_BY_STATE = {"succeeded": 0, "failed": 11, "cancelled": 12, "interrupted": 13}
+FINISHED = {state.value for state in TaskState if state.finished}
+EXIT_BY_STATE = {
+    TaskState.SUCCEEDED: 0,
+    TaskState.FAILED: 11,
+    TaskState.CANCELLED: 12,
+    TaskState.INTERRUPTED: 13,
+}
 
 
 class TaskEnded(CorralError):

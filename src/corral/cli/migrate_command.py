@@ -18,6 +18,7 @@ from corral.cli.follow import FINISHED, TaskEnded
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
 from corral.errors import UserInputError
+from corral.tasks.states import TaskState
 
 MIB = 1024 * 1024
 
@@ -219,10 +220,10 @@ def migrate_command(
         started = client.post("/migrations", body, timeout=120)
     with agent_client(started["source"]) as source:
         task = follow_migration(source, started["task"], json_out)
-    if task["state"] != "succeeded":
+    if task["state"] != TaskState.SUCCEEDED:
         ended = TaskEnded(task)
-        if task["state"] == "failed":
-            ended.exit_code = 14
+        if task["state"] == TaskState.FAILED and task.get("exit_code"):
+            ended.exit_code = int(task["exit_code"])  # the migration's error says (14 mostly)
         raise ended
     if json_out:
         sys.stdout.write(json.dumps({"event": "done", **task["result"]}) + "\n")

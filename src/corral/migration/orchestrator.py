@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral.errors import ConflictError, CorralError, HypervisorError, NotFoundError
+from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.base import MigrationStatus, MigrationTuning
 from corral.migration import policy
 from corral.migration.journal import MigrationPhase
@@ -27,6 +27,7 @@ from corral.migration.recovery import recover_vm
 from corral.migration.services import MigrationServices
 from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
+from corral.tasks.states import TaskState
 from corral.waiting import wait_for
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class SourceMigration:
 
         def listening() -> dict[str, Any] | None:
             t = self._dest(f"/tasks/{self.dest_task}")
-            if t["state"] in ("failed", "cancelled", "interrupted", "succeeded"):
+            if TaskState(t["state"]).finished:
                 raise MigrationFailed(f"the target's receive task {t['state']}: {t['error']}")
             return t["progress"] if t["progress"].get("phase") == "listening" else None
 
@@ -159,8 +160,8 @@ class SourceMigration:
         """The receive task's state once it finishes (the target runs the VM on success)."""
 
         def finished() -> str | None:
-            state = str(self._dest(f"/tasks/{self.dest_task}")["state"])
-            return state if state in ("succeeded", "failed", "cancelled", "interrupted") else None
+            state = TaskState(self._dest(f"/tasks/{self.dest_task}")["state"])
+            return state.value if state.finished else None
 
         return wait_for(
             finished, timeout=DEST_FINISH_TIMEOUT, interval=0.05, what="the target to run the VM"
@@ -408,8 +409,10 @@ def run_source(services: MigrationServices, ctx: TaskContext) -> dict[str, Any]:
         # Other operations on the VM (but kill) are refused until the migration ends.
         with services.vms.hold(opts.vm, f"migrating to {opts.target}"):
             return SourceMigration(services, opts, str(ctx.args["migration_id"]), ctx).run()
-    except HypervisorError as exc:
-        raise MigrationFailed(str(exc)) from exc
+    except (MigrationFailed, PreflightFailed):
+        raise
+    except CorralError as exc:  # whatever failed, the migration did (and says why)
+        raise MigrationFailed(exc.message) from exc
     finally:
         # Reconcile left the VM to the migration: record now what runs (a QEMU that died
         # during the migration is recorded stopped before the caller hears the outcome).

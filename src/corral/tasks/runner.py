@@ -234,10 +234,20 @@ class TaskRunner:
             self.store.transition(task.id, TaskState.CANCELLED, "cancel requested")
         except CorralError as exc:
             ctx.log(f"failed: {exc.message}")
-            self.store.transition(task.id, TaskState.FAILED, error=exc.message)
+            self.store.transition(
+                task.id,
+                TaskState.FAILED,
+                error=exc.message,
+                failure=(type(exc).__name__, exc.exit_code),
+            )
         except Exception as exc:
             ctx.log("failed with an unexpected error:\n" + traceback.format_exc())
-            self.store.transition(task.id, TaskState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self.store.transition(
+                task.id,
+                TaskState.FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+                failure=(type(exc).__name__, CorralError.exit_code),
+            )
         finally:
             with self._lock:
                 self._running.pop(task.id, None)

@@ -46,6 +46,8 @@ class Task:
     cancel_requested: bool
     log_path: Path
     events: tuple[TaskEvent, ...] = field(default=())
+    error_type: str | None = None  # the failing error's class (a CorralError's name)
+    exit_code: int | None = None  # and the exit code the CLI gives it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +64,8 @@ class Task:
             "progress": self.progress,
             "result": self.result,
             "error": self.error,
+            "error_type": self.error_type,
+            "exit_code": self.exit_code,
             "cancel_requested": self.cancel_requested,
             "events": [
                 {
@@ -93,6 +97,8 @@ def _task(row: sqlite3.Row, events: tuple[TaskEvent, ...] = ()) -> Task:
         cancel_requested=bool(row["cancel_requested"]),
         log_path=Path(row["log_path"]),
         events=events,
+        error_type=row["error_type"],
+        exit_code=row["exit_code"],
     )
 
 
@@ -181,8 +187,10 @@ class TaskStore:
         expect: TaskState | None = None,
         error: str | None = None,
         result: dict[str, Any] | None = None,
+        failure: tuple[str, int] | None = None,
     ) -> Task:
-        """Move a task to `new`, recording the event, in one transaction.
+        """Move a task to `new`, recording the event, in one transaction; `failure` is the
+        failing error's (type name, exit code).
 
         :raise ConflictError: the transition table forbids it, or the task is no longer in
             `expect` (another actor moved it first).
@@ -208,13 +216,22 @@ class TaskStore:
                 sets.append("finished_at = ?")
                 params.append(now)
             if new == TaskState.QUEUED:  # a re-run after an interruption
-                sets += ["attempt = attempt + 1", "finished_at = NULL", "error = NULL"]
+                sets += [
+                    "attempt = attempt + 1",
+                    "finished_at = NULL",
+                    "error = NULL",
+                    "error_type = NULL",
+                    "exit_code = NULL",
+                ]
             if error is not None:
                 sets.append("error = ?")
                 params.append(error)
             if result is not None:
                 sets.append("result = ?")
                 params.append(json.dumps(result))
+            if failure is not None:
+                sets += ["error_type = ?", "exit_code = ?"]
+                params += list(failure)
             conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE id = ?", (*params, task_id))
             conn.execute(
                 "INSERT INTO task_events (task_id, at, from_state, to_state, reason)"
