@@ -1,5 +1,5 @@
 """Live migration: preflight checks, convergence policy (pure functions), orchestrator,
-journal, recovery and evacuation.
+journal and recovery.
 
 Must never import: agent, cli, lab. Talks to hypervisors only through the driver contract.
 """

@@ -1,5 +1,5 @@
 """Storage: the identity files of the data, config and system directories, filesystem
-detection (NFS, GlusterFS, Ceph, local) and disk copy for non-shared storage.
+detection (NFS, GlusterFS, Ceph, local).
 
 Must never import: agent, cli, migration, cluster, tasks, lab.
 """

@@ -172,9 +172,6 @@ class TaskRunner:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:

@@ -86,17 +86,6 @@ class VmInventory:
                 (name, time.time(), record.state, record.state, reason),
             )
 
-    def set_owner(self, name: str, owner: str, reason: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE vms SET owner = ?, updated_at = ? WHERE name = ?",
-                (owner, time.time(), name),
-            )
-            conn.execute(
-                "INSERT INTO vm_events VALUES (?, ?, NULL, ?, ?)",
-                (name, time.time(), f"owner={owner}", reason),
-            )
-
     def remove(self, name: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM vms WHERE name = ?", (name,))

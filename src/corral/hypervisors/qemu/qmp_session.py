@@ -78,21 +78,6 @@ class QmpSession:
         with contextlib.suppress(HypervisorError):
             self.execute("quit")
 
-    def wait_event(self, names: set[str], timeout: float) -> dict[str, Any] | None:
-        """The next event named in `names` within `timeout` seconds, or None."""
-
-        async def next_event() -> dict[str, Any] | None:
-            with self._client.listener(tuple(names)) as listener:
-                async for event in listener:
-                    return dict(event)
-            return None
-
-        try:
-            result: dict[str, Any] | None = self._run(next_event(), timeout)
-        except TimeoutError:
-            return None
-        return result
-
     def close(self) -> None:
         if self._connected:
             with contextlib.suppress(Exception):
