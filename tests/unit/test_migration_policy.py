@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.hypervisors.base import MigrationStatus
+from corral.hypervisors.base import MigrationState, MigrationStatus
 from corral.migration.policy import (
     Abort,
     EngageAutoConverge,
@@ -29,7 +29,7 @@ def sample(
     iteration: int, remaining: int, elapsed_s: float = 1.0, state: str = "active"
 ) -> MigrationStatus:
     return MigrationStatus(
-        state=state,
+        state=MigrationState(state),
         elapsed_ms=int(elapsed_s * 1000),
         ram_total=GIB,
         ram_remaining=remaining,
@@ -138,6 +138,38 @@ def test_convergence_estimate() -> None:
 
 def test_eta_from_throughput() -> None:
     assert eta_seconds(
-        MigrationStatus("active", ram_remaining=100_000_000, throughput_mbps=800)
+        MigrationStatus(MigrationState.ACTIVE, ram_remaining=100_000_000, throughput_mbps=800)
     ) == pytest.approx(1.0)
-    assert eta_seconds(MigrationStatus("active")) is None
+    assert eta_seconds(MigrationStatus(MigrationState.ACTIVE)) is None
+
+
+def test_every_qemu_migration_status_has_corral_name() -> None:
+    from corral.hypervisors.base import MigrationState
+    from corral.hypervisors.qemu.migration import QEMU_STATES, migration_state
+
+    # QEMU 7.2's MigrationStatus enum (qapi/migration.json).
+    qemu = [
+        "none",
+        "setup",
+        "cancelling",
+        "cancelled",
+        "active",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover",
+        "completed",
+        "failed",
+        "colo",
+        "pre-switchover",
+        "device",
+        "wait-unplug",
+    ]
+    assert set(qemu) <= set(QEMU_STATES)
+    assert migration_state("device") == MigrationState.ACTIVE
+    assert migration_state("postcopy-paused") == MigrationState.POSTCOPY
+    assert migration_state("something-new") == MigrationState.FAILED
+    assert {s for s in MigrationState if s.finished} == {
+        MigrationState.COMPLETED,
+        MigrationState.FAILED,
+        MigrationState.CANCELLED,
+    }

@@ -199,11 +199,35 @@ class MigrationTuning:
     auto_converge: bool = True  # armed at the start, engaged by the policy
 
 
+class MigrationState(StrEnum):
+    """Where an outgoing migration is, in corral's words: each driver maps its hypervisor's
+    states into these (QEMU's in qemu/migration.py, bhyve's tunnel's in bhyve/driver.py), and
+    nothing above the drivers sees a hypervisor's own strings."""
+
+    NONE = "none"  # no migration started
+    SETUP = "setup"
+    ACTIVE = "active"  # pre-copy: RAM (and device state) moving while the guest runs
+    POSTCOPY = "postcopy-active"  # the guest runs on the target, pages still arriving
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
+
+    @property
+    def in_flight(self) -> bool:
+        """The source's hypervisor is still sending (or about to): cancel it first."""
+        return self in (MigrationState.SETUP, MigrationState.ACTIVE, MigrationState.CANCELLING)
+
+
 @dataclass(frozen=True)
 class MigrationStatus:
     """One observation of an outgoing migration (the policy's input)."""
 
-    state: str  # setup, active, postcopy-active, completed, failed, ...
+    state: MigrationState
     elapsed_ms: int = 0
     ram_total: int = 0
     ram_transferred: int = 0
@@ -220,7 +244,7 @@ class MigrationStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("completed", "failed", "cancelled")
+        return self.state.finished
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

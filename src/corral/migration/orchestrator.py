@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
-from corral.hypervisors.base import MigrationStatus, MigrationTuning
+from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning
 from corral.migration import policy
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
@@ -171,7 +171,7 @@ class SourceMigration:
 
     def _report(self, sample: MigrationStatus, state: policy.PolicyState) -> None:
         self.ctx.progress(
-            phase="transfer" if sample.state != "postcopy-active" else "post-copy",
+            phase="post-copy" if sample.state == MigrationState.POSTCOPY else "transfer",
             done=sample.ram_transferred,
             total=sample.ram_total,
             unit="bytes",
@@ -242,9 +242,9 @@ class SourceMigration:
                     f"{self.opts.target} was removed from the cluster during the migration"
                 )
             sample = self.services.driver.migration_status(layout)
-            if sample.state == "completed":
+            if sample.state == MigrationState.COMPLETED:
                 return sample
-            if sample.state in ("failed", "cancelled"):
+            if sample.state in (MigrationState.FAILED, MigrationState.CANCELLED):
                 raise MigrationFailed(
                     f"{self._hypervisor} reports the migration {sample.state}:"
                     f" {sample.error or 'no reason given'}"
@@ -387,12 +387,7 @@ class SourceMigration:
         if self.transfer_started:
 
             def settled() -> bool:
-                return driver.migration_status(layout).state not in (
-                    "cancelling",
-                    "active",
-                    "setup",
-                    "device",
-                )
+                return not driver.migration_status(layout).state.in_flight
 
             with contextlib.suppress(CorralError):
                 wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)

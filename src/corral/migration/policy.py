@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from corral.hypervisors.base import MigrationStatus
+from corral.hypervisors.base import MigrationState, MigrationStatus
 
 PROGRESS_FRACTION = 0.95  # remaining must fall below 95 % of the best seen to count
 
@@ -112,7 +112,7 @@ def decide(
     state: PolicyState, sample: MigrationStatus, limits: PolicyLimits
 ) -> tuple[PolicyState, list[Action]]:
     """The policy's answer to one sample: a new state and the actions to take now."""
-    if sample.state != "active" or state.timed_out:
+    if sample.state != MigrationState.ACTIVE or state.timed_out:
         return state, []
     if sample.elapsed_ms / 1000 >= limits.completion_timeout_s:
         return _on_timeout(state, limits)

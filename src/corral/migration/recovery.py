@@ -58,7 +58,7 @@ def recover_vm(
     local = vms.status(vm).state
     if local == RunState.RUNNING:
         with contextlib.suppress(CorralError):
-            if driver.migration_status(layout).state in ("setup", "active", "device"):
+            if driver.migration_status(layout).state.in_flight:
                 driver.migration_cancel(layout)
     remote = remote_runtime(services, target, vm)
     remote_state = remote["observed"] if remote else "unreachable"

@@ -34,6 +34,7 @@ from corral.hypervisors.base import (
     HostFacts,
     HypervisorDriver,
     MigrationDriver,
+    MigrationState,
     MigrationStatus,
     MigrationTuning,
     RunState,
@@ -59,6 +60,14 @@ from corral.waiting import WaitTimeout, wait_for
 
 SUPERVISOR = "corral.hypervisors.bhyve.supervisor"
 RELAY = "corral.hypervisors.bhyve.relay"
+# The sending tunnel's states (relay.py's status file) in corral's words.
+TUNNEL_STATES = {
+    "setup": MigrationState.SETUP,
+    "active": MigrationState.ACTIVE,
+    "completed": MigrationState.COMPLETED,
+    "failed": MigrationState.FAILED,
+    "cancelled": MigrationState.CANCELLED,
+}
 STATE_FILE = "state"  # in a checkpoint's directory: state, state.kern, state.meta
 
 
@@ -446,13 +455,15 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
         if tunnel is None:
             if runtime.relay_pid("send") is None:
                 return MigrationStatus(
-                    "failed", error=f"the tunnel did not start: {log_tail(layout.process_log)}"
+                    MigrationState.FAILED,
+                    error=f"the tunnel did not start: {log_tail(layout.process_log)}",
                 )
-            return MigrationStatus("setup")
-        state = str(tunnel["state"])
+            return MigrationStatus(MigrationState.SETUP)
+        state = TUNNEL_STATES.get(str(tunnel["state"]), MigrationState.FAILED)
         error = str(tunnel.get("error", ""))
-        if state in ("setup", "active") and runtime.relay_pid("send") is None:
-            state, error = "failed", error or "the migration tunnel exited"
+        if not state.finished and runtime.relay_pid("send") is None:
+            state, error = MigrationState.FAILED, error or "the migration tunnel exited"
+        done = state == MigrationState.COMPLETED
         total = int(runtime.vm().get("memory", 0))
         sent = int(tunnel.get("bytes_out", 0))
         elapsed = max(1e-3, (tunnel.get("finished") or time.time()) - tunnel["started"])
@@ -460,8 +471,8 @@ class BhyveDriver(HypervisorDriver, MigrationDriver):
             state=state,
             elapsed_ms=int(elapsed * 1000),
             ram_total=total,
-            ram_transferred=min(sent, total) if state != "completed" else total,
-            ram_remaining=max(0, total - sent) if state != "completed" else 0,
+            ram_transferred=total if done else min(sent, total),
+            ram_remaining=0 if done else max(0, total - sent),
             throughput_mbps=sent * 8 / elapsed / 1e6,
             error=error,
         )

@@ -10,7 +10,7 @@ import contextlib
 from typing import Any
 
 from corral.errors import HypervisorError
-from corral.hypervisors.base import MigrationStatus, MigrationTuning, VmLayout
+from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning, VmLayout
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.waiting import wait_for
 
@@ -96,11 +96,38 @@ def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) ->
         qmp.execute("migrate", {"uri": f"tcp:{address}:{port}"})
 
 
+# QEMU's MigrationStatus (qapi/migration.json) in corral's words. The device-state phase,
+# the pause before switchover and waiting for unplug are still the pre-copy pass; every
+# post-copy phase is post-copy; COLO is not used.
+QEMU_STATES: dict[str, MigrationState] = {
+    "none": MigrationState.NONE,
+    "setup": MigrationState.SETUP,
+    "active": MigrationState.ACTIVE,
+    "pre-switchover": MigrationState.ACTIVE,
+    "device": MigrationState.ACTIVE,
+    "wait-unplug": MigrationState.ACTIVE,
+    "postcopy-active": MigrationState.POSTCOPY,
+    "postcopy-paused": MigrationState.POSTCOPY,
+    "postcopy-recover-setup": MigrationState.POSTCOPY,
+    "postcopy-recover": MigrationState.POSTCOPY,
+    "cancelling": MigrationState.CANCELLING,
+    "cancelled": MigrationState.CANCELLED,
+    "completed": MigrationState.COMPLETED,
+    "failed": MigrationState.FAILED,
+    "colo": MigrationState.FAILED,
+}
+
+
+def migration_state(qemu_status: str) -> MigrationState:
+    """corral's name for QEMU's migration status (an unknown one counts as failed)."""
+    return QEMU_STATES.get(qemu_status, MigrationState.FAILED)
+
+
 def parse_status(info: dict[str, Any]) -> MigrationStatus:
     """A MigrationStatus from QMP `query-migrate`."""
     ram = info.get("ram", {})
     return MigrationStatus(
-        state=str(info.get("status", "none")),
+        state=migration_state(str(info.get("status", "none"))),
         elapsed_ms=int(info.get("total-time", 0)),
         ram_total=int(ram.get("total", 0)),
         ram_transferred=int(ram.get("transferred", 0)),
