@@ -110,7 +110,8 @@ def test_a_member_cannot_make_a_vm_read_the_ca_key(lab: LabPlan) -> None:
     refused(as_node3(lab, node1, "POST", "/v1/vms", body=kernel), 403, "boot.kernel")
     # A migration's receive task carries a spec: its files are checked the same way.
     spec = {"name": "steal", "disks": [{"path": ca_key, "format": "raw"}]}
-    task = {"kind": "migration.receive", "args": {"spec": spec, "source": "node3"}}
+    args = {"migration_id": "0123456789ab", "spec": spec, "source": "node3"}
+    task = {"kind": "migration.receive", "args": args}
     refused(as_node3(lab, node1, "POST", "/v1/tasks", body=task), 422, "agent's own state")
     other = {"kind": "vm.start", "args": {"vm": "steal"}}
     refused(as_node3(lab, node1, "POST", "/v1/tasks", body=other), 403, "vm.start")

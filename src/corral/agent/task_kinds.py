@@ -12,9 +12,10 @@ from corral.errors import CorralError, UserInputError
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MigrationOptions
 from corral.migration.orchestrator import run_source
+from corral.migration.receive_args import ReceiveArgs
 from corral.migration.receiver import recover_receiver, run_receiver
 from corral.migration.recovery import recover_vm
-from corral.model import VmSpec, is_valid_name
+from corral.model import is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
 from corral.tasks.store import Task
 from corral.vms.service import VmService
@@ -149,16 +150,16 @@ def _validate_send(args: dict[str, Any]) -> None:
 
 
 def _validate_receive(agent: NodeAgent, args: dict[str, Any]) -> None:
-    """A receive task comes from another member: its spec must be a VM spec whose every
-    host file lies in this node's image directories (never its state or keys)."""
+    """A receive task comes from another member: its arguments must be a ReceiveArgs whose
+    spec's every host file lies in this node's image directories (never its state or keys)."""
     try:
-        spec = VmSpec.model_validate(args.get("spec"))
+        receive = ReceiveArgs.model_validate(args)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserInputError(
-            "args.spec." + ".".join(str(p) for p in first["loc"]), first["msg"]
+            "args." + ".".join(str(p) for p in first["loc"]), first["msg"]
         ) from exc
-    agent.check_spec_paths(spec)
+    agent.check_spec_paths(receive.spec)
 
 
 def migration_kinds(agent: NodeAgent) -> list[TaskKind]:

@@ -23,6 +23,7 @@ from corral.migration.preflight import (
     PreflightReason,
     preflight,
 )
+from corral.migration.receive_args import ReceiveArgs
 from corral.migration.recovery import recover_vm
 from corral.migration.services import MigrationServices
 from corral.model import VmSpec
@@ -121,23 +122,24 @@ class SourceMigration:
         with self.services.peer(self.opts.target) as client:
             return client.get(path)
 
-    def _prepare_destination(self, spec_json: dict[str, Any], timeout_s: float) -> tuple[str, int]:
+    def _prepare_destination(self, spec: VmSpec, timeout_s: float) -> tuple[str, int]:
         self._step(MigrationPhase.PREPARE, f"a receive task on {self.opts.target}")
-        args = {
-            "migration_id": self.migration_id,
-            "spec": spec_json,
-            "source": self.services.node,
-            "tls": not self.opts.insecure,
-            "parallel": self.opts.parallel,
-            "postcopy": self.opts.postcopy,
-            "timeout_s": timeout_s,
+        args = ReceiveArgs(
+            migration_id=self.migration_id,
+            spec=spec,
+            source=self.services.node,
+            tls=not self.opts.insecure,
+            parallel=self.opts.parallel,
+            postcopy=self.opts.postcopy,
+            timeout_s=timeout_s,
             # The identities preflight compared: the target checks them again before it
             # starts anything, in case its storage changed since.
-            "storage": {
+            storage={
                 role: info.get("id")
                 for role, info in self.services.local_facts().get("storage", {}).items()
+                if role in ("data", "config", "system")
             },
-        }
+        ).model_dump(mode="json")
         with self.services.peer(self.opts.target) as client:
             task = client.post("/tasks", {"kind": "migration.receive", "args": args})
         self.dest_task = str(task["id"])
@@ -269,7 +271,7 @@ class SourceMigration:
         self.ctx.progress(phase="prepare", done=0, total=ram, unit="bytes")
         try:
             address, port = self._prepare_destination(
-                record.spec.model_dump(mode="json"), limits.completion_timeout_s + 120
+                record.spec, limits.completion_timeout_s + 120
             )
             final = self._transfer(address, port, limits)
         except BaseException as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.base import MigrationDriver, MigrationTuning, RunState
+from corral.migration.receive_args import ReceiveArgs
 from corral.migration.services import TlsFiles
 from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
@@ -61,7 +62,8 @@ def source_node(ctx: TaskContext) -> str | None:
 
 
 def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]:
-    spec = VmSpec.model_validate(ctx.args["spec"])
+    args = ReceiveArgs.model_validate(ctx.args)
+    spec = args.spec
     vms = services.vms
     try:
         existing = vms.record(spec.name)
@@ -73,10 +75,10 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
     layout = vms.layout(spec.name)
     if vms.status(spec.name).state != RunState.STOPPED:
         raise ConflictError(f"a QEMU for {spec.name} already runs here")
-    check_storage(vms.dirs, ctx.args.get("storage", {}))
+    check_storage(vms.dirs, {str(role): found for role, found in args.storage.items()})
     vms.driver.define(spec)
     tls_dir = None
-    if ctx.args.get("tls", True):
+    if args.tls:
         if services.tls is None:
             raise ConflictError("TLS was asked for but this node has no certificate")
         t = services.tls
@@ -85,8 +87,8 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         tls_dir=tls_dir,
         # The member that created this task (by its certificate) is the only source.
         tls_peer_name=source_node(ctx),
-        multifd_channels=int(ctx.args.get("parallel", 1)),
-        postcopy=bool(ctx.args.get("postcopy", False)),
+        multifd_channels=args.parallel,
+        postcopy=args.postcopy,
     )
     port = (services.free_port or free_port)(services.address)
     try:
@@ -101,9 +103,9 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
 
         wait_for(
             arrived,
-            timeout=float(ctx.args.get("timeout_s", 3600)),
+            timeout=args.timeout_s,
             interval=0.05,
-            what=f"{spec.name} to arrive from {ctx.args.get('source')}",
+            what=f"{spec.name} to arrive from {args.source}",
         )
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
         vms.driver.kill(layout)
@@ -114,7 +116,7 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         raise
     try:
         vms.inventory.add(spec, services.node, RunState.RUNNING.value)
-        vms.inventory.note(spec.name, f"migrated in from {ctx.args.get('source')}")
+        vms.inventory.note(spec.name, f"migrated in from {args.source}")
     except ConflictError:
         pass  # the source's recovery adopted it here first: the same truth
     ctx.progress(phase="running")
