@@ -13,12 +13,11 @@ from corral.client import AgentClient
 from corral.cluster.peer_client import peer_client
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.migration import policy
-from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.orchestrator import PreflightFailed, check
 from corral.migration.preflight import NodeView
 from corral.migration.receiver import ReceiverServices
-from corral.migration.recovery import recover_vm
+from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices, TlsFiles
 from corral.tasks.states import TaskState
 
@@ -205,10 +204,4 @@ def recover(agent: NodeAgent, vm: str) -> dict[str, Any]:
     latest = agent.journal.latest(vm)
     if latest is None:
         raise NotFoundError(f"{agent.name} never migrated a VM named {vm!r}")
-    spec = None
-    with contextlib.suppress(NotFoundError):
-        spec = agent.vms.record(vm).spec
-    services = migration_services(agent)
-    result = recover_vm(services, vm, latest.target, spec)
-    agent.journal.step(latest.id, MigrationPhase.RECOVERED, str(result["outcome"]))
-    return result
+    return recover_migration(migration_services(agent), agent.journal, latest.id, vm, latest.target)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from corral.errors import CorralError, UserInputError
-from corral.migration.journal import MigrationPhase
 from corral.migration.options import MigrationOptions
 from corral.migration.orchestrator import run_source
 from corral.migration.receive_args import ReceiveArgs
 from corral.migration.receiver import recover_receiver, run_receiver
-from corral.migration.recovery import recover_vm
+from corral.migration.recovery import recover_migration
 from corral.model import is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
 from corral.tasks.store import Task
@@ -174,14 +172,12 @@ def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
 
     def recover_send(task: Task) -> str | None:
         options = task.args.get("options", {})
-        vm = str(options.get("vm", "?"))
-        spec = None
-        with contextlib.suppress(CorralError):
-            spec = agent.vms.record(vm).spec
-        services = migration_desk.migration_services(agent)
-        result = recover_vm(services, vm, str(options.get("target", "")), spec)
-        agent.journal.step(
-            str(task.args["migration_id"]), MigrationPhase.RECOVERED, str(result["outcome"])
+        result = recover_migration(
+            migration_desk.migration_services(agent),
+            agent.journal,
+            str(task.args["migration_id"]),
+            str(options.get("vm", "?")),
+            str(options.get("target", "")),
         )
         return f"the agent stopped during the migration; recovered: {result['outcome']}"
 

@@ -3,11 +3,8 @@ when it died, and how a migration settles when the target's answer after switcho
 a plain success: ask both nodes what really runs, and repair the records from that reality.
 The VM must end on exactly one node, and never be started twice.
 
-`where` in the answer: "target" (the target runs it; the source's copy is stopped and
-unrecorded), "source" (it runs on the source; a half-arrived copy on the target is
-discarded), "nowhere" (its QEMU died; the records say so, nothing restarts it), "unknown"
-(the target does not answer and the source holds a paused copy: left as is, so that the VM
-cannot run twice; ask again once the target answers).
+`where` in the answer, and what is done in each case: recovery_plan.py, the decision table
+(target, source, nowhere, unknown, both).
 """
 
 from __future__ import annotations
@@ -17,6 +14,8 @@ from typing import Any
 
 from corral.errors import CorralError, NotFoundError
 from corral.hypervisors.base import RunState
+from corral.migration.journal import MigrationJournal, MigrationPhase
+from corral.migration.recovery_plan import RecoveryPlan, Where, plan_recovery
 from corral.migration.services import MigrationServices
 from corral.model import VmSpec
 
@@ -31,9 +30,10 @@ def remote_runtime(services: MigrationServices, node: str, vm: str) -> dict[str,
         return None
 
 
-def _target_runs_it(
-    services: MigrationServices, vm: str, target: str, remote: dict[str, Any], spec: VmSpec | None
+def _stop_source_copy(
+    services: MigrationServices, vm: str, target: str, adopt: bool, spec: VmSpec | None
 ) -> None:
+    """The target runs the VM: the source's copy goes, and the target records it."""
     vms = services.vms
     layout = vms.layout(vm)
     vms.driver.kill(layout)
@@ -41,7 +41,7 @@ def _target_runs_it(
     with contextlib.suppress(NotFoundError):
         record_spec = vms.record(vm).spec
         vms.inventory.remove(vm)
-    if not remote.get("recorded") and record_spec is not None:
+    if adopt and record_spec is not None:
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/adopt", {"spec": record_spec.model_dump(mode="json")})
     if record_spec is not None:
@@ -49,10 +49,20 @@ def _target_runs_it(
             vms.driver.undefine(record_spec, layout, delete_disks=False, keep_logs=True)
 
 
+def _observed(remote: dict[str, Any] | None) -> RunState | None:
+    if remote is None:
+        return None
+    try:
+        return RunState(str(remote.get("observed")))
+    except ValueError:
+        return RunState.ERROR  # a state this node does not know: not running
+
+
 def recover_vm(
     services: MigrationServices, vm: str, target: str, spec: VmSpec | None
 ) -> dict[str, Any]:
-    """Find where `vm` runs (here or on `target`) and make the records say so."""
+    """Find where `vm` runs (here or on `target`) and make the records say so, as
+    `plan_recovery` decides."""
     vms, driver = services.vms, services.driver
     layout = vms.layout(vm)
     local = vms.status(vm).state
@@ -61,43 +71,68 @@ def recover_vm(
             if driver.migration_status(layout).state.in_flight:
                 driver.migration_cancel(layout)
     remote = remote_runtime(services, target, vm)
-    remote_state = remote["observed"] if remote else "unreachable"
+    plan = plan_recovery(local, _observed(remote), bool(remote and remote.get("recorded")))
     found: dict[str, Any] = {
         "vm": vm,
         "source": services.node,
         "target": target,
         "source_state": local.value,
-        "target_state": remote_state,
+        "target_state": remote["observed"] if remote else "unreachable",
+        "where": plan.where.value,
     }
-    if remote is not None and remote_state == "running":
-        _target_runs_it(services, vm, target, remote, spec)
-        found["where"] = "target"
-        found["outcome"] = f"runs on {target}; {services.node}'s copy stopped and unrecorded"
-        return found
-    if remote is None and local in (RunState.MIGRATED, RunState.PAUSED):
-        found["where"] = "unknown"
-        found["outcome"] = (
-            f"{target} does not answer and {services.node} holds a paused"
-            " copy; left as is so the VM cannot run twice: recover again once"
-            f" {target} answers"
-        )
-        return found
-    if remote is not None and remote_state != "stopped":
+    found["outcome"] = apply_recovery(services, vm, target, plan, spec)
+    return found
+
+
+def recover_migration(
+    services: MigrationServices, journal: MigrationJournal, migration_id: str, vm: str, target: str
+) -> dict[str, Any]:
+    """Recover `vm` after its migration `migration_id` to `target` (by hand, or for a task
+    its agent was running when it died) and write the outcome to the journal."""
+    spec = None
+    with contextlib.suppress(NotFoundError):
+        spec = services.vms.record(vm).spec
+    result = recover_vm(services, vm, target, spec)
+    journal.step(migration_id, MigrationPhase.RECOVERED, str(result["outcome"]))
+    return result
+
+
+def apply_recovery(
+    services: MigrationServices, vm: str, target: str, plan: RecoveryPlan, spec: VmSpec | None
+) -> str:
+    """Carry out `plan`; returns what came of it, in words."""
+    vms, driver, here = services.vms, services.driver, services.node
+    layout = vms.layout(vm)
+    if plan.stop_source:
+        _stop_source_copy(services, vm, target, plan.adopt_on_target, spec)
+    if plan.pause_source:
+        with contextlib.suppress(CorralError):
+            vms.driver.pause(layout)
+        with contextlib.suppress(NotFoundError):
+            vms.inventory.note(vm, f"runs on both {here} and {target}: {here}'s copy paused")
+    if plan.discard_target:
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/discard")
-    if local in (RunState.MIGRATED, RunState.PAUSED):
+    if plan.resume_source:
         driver.migration_resume_source(layout)
-        local = RunState.RUNNING
-    if local == RunState.RUNNING:
+    if plan.record_source is not None:
+        reason = {
+            RunState.RUNNING: "recovered: it runs here",
+            RunState.STOPPED: "recovered: it runs on no node; not restarted",
+        }.get(plan.record_source, "recovered")
         with contextlib.suppress(NotFoundError):
-            vms.inventory.set_state(vm, RunState.RUNNING.value, "recovered: it runs here")
-        found["where"] = "source"
-        found["outcome"] = f"runs on {services.node}"
-    else:
-        with contextlib.suppress(NotFoundError):
-            vms.inventory.set_state(
-                vm, RunState.STOPPED.value, "recovered: it runs on no node; not restarted"
-            )
-        found["where"] = "nowhere"
-        found["outcome"] = "runs on no node (its QEMU died); not restarted"
-    return found
+            vms.inventory.set_state(vm, plan.record_source.value, reason)
+    return {
+        Where.TARGET: f"runs on {target}; {here}'s copy stopped and unrecorded",
+        Where.SOURCE: f"runs on {here}",
+        Where.NOWHERE: "runs on no node (its QEMU died); not restarted",
+        Where.UNKNOWN: (
+            f"{target} does not answer and {here} does not run it; left as is so the VM"
+            f" cannot run twice: recover again once {target} answers"
+        ),
+        Where.BOTH: (
+            f"runs on both {here} and {target}: {here}'s copy is paused so that only one"
+            f" writes; keep one with 'corral vm kill {vm}' on the other node, then recover"
+            " again"
+        ),
+    }[plan.where]
