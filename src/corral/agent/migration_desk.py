@@ -55,8 +55,18 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
         local_facts=agent.facts,
         tls=tls_files(agent),
         is_member=lambda name: is_member(agent, name),
+        is_online=lambda name: is_online(agent, name),
         pin_peer=lambda name: pin_peer(agent, name),
     )
+
+
+def is_online(agent: NodeAgent, name: str) -> bool:
+    """Heard from within the offline time (False once removed, too)."""
+    try:
+        node = agent.registry.get(name)
+    except NotFoundError:
+        return False
+    return node.online(time.time(), agent.settings.offline_after)
 
 
 def is_member(agent: NodeAgent, name: str) -> bool:

@@ -236,13 +236,13 @@ class SourceMigration:
         self.services.driver.migration_start(layout, address, port, tuning)
         self.transfer_started = True
         state = policy.initial_state(limits)
+        watched = self.services.clock()
         while True:
             if self.ctx.cancel_requested:
                 raise TaskCancelled()
-            if not self.services.is_member(self.opts.target):
-                raise MigrationFailed(
-                    f"{self.opts.target} was removed from the cluster during the migration"
-                )
+            if self.services.clock() - watched >= self.services.watch_interval:
+                self._watch_target()
+                watched = self.services.clock()
             sample = self.services.driver.migration_status(layout)
             if sample.state == MigrationState.COMPLETED:
                 return sample
@@ -255,6 +255,35 @@ class SourceMigration:
             self._apply(actions)
             self._report(sample, state)
             self.services.sleep(self.services.poll_interval)
+
+    def _watch_target(self) -> None:
+        """The target lost, before switchover: one place decides it, and the migration
+        rolls back at once (the source cancels, the VM runs on here) rather than waiting for
+        the hypervisor's stream to time out or for the completion timeout. Lost means: the
+        target was removed from the cluster, or is offline (no heartbeat for the cluster's
+        offline time), or its receive task ended (its QEMU died, its agent restarted and
+        gave the VM up, it was cancelled there).
+
+        :raise MigrationFailed: the target is lost, saying how.
+        """
+        target = self.opts.target
+        if not self.services.is_member(target):
+            raise MigrationFailed(f"{target} was removed from the cluster during the migration")
+        if not self.services.is_online(target):
+            raise MigrationFailed(f"target lost: {target} went offline during the migration")
+        try:
+            task = self._dest(f"/tasks/{self.dest_task}")
+        except CorralError as exc:  # one missed answer is not a lost target: heartbeats judge
+            self.ctx.log(f"the target's receive task did not answer: {exc}")
+            return
+        ended = TaskState(task["state"])
+        # Succeeded means the VM already runs there: the switchover happened, not a loss
+        # (the next sample says completed); never roll back on that.
+        if ended.finished and ended != TaskState.SUCCEEDED:
+            raise MigrationFailed(
+                f"target lost: the receive task on {target} {task['state']}:"
+                f" {task['error'] or 'no reason given'}"
+            )
 
     # -- the whole story -------------------------------------------------------------------
 
@@ -383,9 +412,16 @@ class SourceMigration:
             driver.migration_cancel(layout)
         if self.dest_task is not None:
             try:
-                self._dest_outcome()
+                outcome = self._dest_outcome()
             except CorralError as exc:
                 self.ctx.log(f"the target's task did not finish: {exc}")
+            else:
+                if outcome == TaskState.SUCCEEDED:
+                    # The switchover won the race with the failure: the VM runs there now.
+                    # Never resume here on that; let both nodes' answers settle it.
+                    found = recover_vm(self.services, self.vm, self.opts.target, None)
+                    self._step(MigrationPhase.FAILED, f"{why}; {found['outcome']}")
+                    return
         if self.transfer_started:
 
             def settled() -> bool:

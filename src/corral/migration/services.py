@@ -36,9 +36,13 @@ class MigrationServices:
     local_facts: Callable[[], dict[str, Any]]
     tls: TlsFiles | None
     is_member: Callable[[str], bool] = lambda _name: True
+    # Heard from within the cluster's offline time (heartbeats), as the registry says.
+    is_online: Callable[[str], bool] = lambda _name: True
     pin_peer: Callable[[str], Callable[[], AgentClient]] | None = None
     sleep: Callable[[float], None] = time.sleep
     poll_interval: float = 0.1
+    watch_interval: float = 0.5  # how often the transfer looks at the target's side
+    clock: Callable[[], float] = time.monotonic
 
     def pinned(self, target: str) -> MigrationServices:
         """These services with `target` reached at the address it has now, even if it is
