@@ -11,7 +11,6 @@ from typing import Any
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
-    HypervisorDriver,
     MigrationDriver,
     MigrationState,
     MigrationStatus,
@@ -23,7 +22,7 @@ from corral.hypervisors.base import (
 from corral.model import VmSpec
 
 
-class FakeDriver(HypervisorDriver, MigrationDriver):
+class FakeDriver(MigrationDriver):
     name = "fake"
 
     def __init__(self, calls: list[str], script: list[MigrationState]) -> None:

@@ -50,7 +50,6 @@ class Rig:
         self.services = MigrationServices(
             node="src",
             vms=self.vms,
-            driver=self.driver,
             journal=self.journal,
             peer=lambda _name: self.peer,  # type: ignore[arg-type,return-value]
             target_view=lambda name: NodeView(name, FACTS),

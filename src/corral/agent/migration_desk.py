@@ -48,7 +48,6 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
     return MigrationServices(
         node=agent.name,
         vms=agent.vms,
-        driver=agent.driver,
         journal=agent.journal,
         peer=agent.peer,
         target_view=lambda name: target_view(agent, name),
@@ -88,7 +87,6 @@ def receiver_services(agent: NodeAgent) -> ReceiverServices:
         node=agent.name,
         address=agent.settings.address,
         vms=agent.vms,
-        driver=agent.driver,
         tls=tls_files(agent),
     )
 

@@ -184,6 +184,11 @@ class HypervisorDriver(ABC):
     @abstractmethod
     def list_checkpoints(self, layout: VmLayout) -> list[CheckpointInfo]: ...
 
+    def release(self, spec: VmSpec, layout: VmLayout) -> None:
+        """Give back what a stopped VM held here (taps, control sockets, runtime files),
+        keeping its disks and its logs."""
+        self.undefine(spec, layout, delete_disks=False, keep_logs=True)
+
 
 @dataclass(frozen=True)
 class MigrationTuning:
@@ -255,8 +260,10 @@ ALL_MIGRATION_FEATURES = frozenset(
 )
 
 
-class MigrationDriver(ABC):
-    """The migration primitives of a driver, each run on its named side."""
+class MigrationDriver(HypervisorDriver):
+    """A hypervisor driver with the migration primitives, each run on its named side, and
+    the finalize steps both sides end with. Every driver is one (QEMU, bhyve): the same
+    object is the VM service's driver and the migration's."""
 
     # What the hypervisor's migration can do beyond sending the VM: a raisable downtime
     # limit, auto-converge, post-copy, parallel streams, forcing completion.
@@ -264,7 +271,7 @@ class MigrationDriver(ABC):
 
     def option_refusals(self, *, postcopy: bool, channels: int) -> list[tuple[str, str]]:
         """(code, message) for each asked-for option this hypervisor cannot do."""
-        who = getattr(self, "name", "this hypervisor")
+        who = self.name
         reasons = []
         if postcopy and "postcopy" not in self.migration_features:
             reasons.append(("postcopy", f"{who} has no post-copy migration"))
@@ -338,3 +345,24 @@ class MigrationDriver(ABC):
     @abstractmethod
     def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
         """Source: the guest's dirty rate in MiB/s, measured over `seconds`."""
+
+    def migration_finalize_source(
+        self, spec: VmSpec | None, layout: VmLayout, *, success: bool
+    ) -> None:
+        """Source, once the outcome is known. Success: the VM runs on the target, so this
+        copy is stopped and released (disks and logs stay; without a spec, only stopped).
+        Failure: the VM must run here again, resumed if it was paused or sent."""
+        if not success:
+            self.migration_resume_source(layout)
+            return
+        self.kill(layout)
+        if spec is not None:
+            self.release(spec, layout)
+
+    def migration_finalize_target(self, spec: VmSpec, layout: VmLayout, *, success: bool) -> None:
+        """Target, once the outcome is known. Failure: the half-arrived copy is stopped and
+        released (the disks are the source's and stay). Success: the VM runs; nothing to do."""
+        if success:
+            return
+        self.kill(layout)
+        self.release(spec, layout)

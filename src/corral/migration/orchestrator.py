@@ -95,7 +95,7 @@ class SourceMigration:
 
     @property
     def _hypervisor(self) -> str:
-        return str(getattr(self.services.driver, "name", "the hypervisor"))
+        return self.services.driver.name
 
     def _step(self, phase: MigrationPhase, detail: str = "") -> None:
         self.services.journal.step(self.migration_id, phase, detail)
@@ -382,10 +382,8 @@ class SourceMigration:
         spec = vms.local(self.vm).spec
         vms.inventory.remove(self.vm)
         self._step(MigrationPhase.CLEANUP, f"stopping the source's {self._hypervisor}")
-        layout = vms.layout(self.vm)
         try:
-            vms.driver.kill(layout)
-            vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
+            self.services.driver.migration_finalize_source(spec, vms.layout(self.vm), success=True)
         except CorralError as exc:
             self.ctx.log(f"cleanup of the source failed (the VM runs on the target): {exc}")
         self._step(MigrationPhase.SUCCEEDED)
@@ -429,7 +427,7 @@ class SourceMigration:
 
             with contextlib.suppress(CorralError):
                 wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)
-        driver.migration_resume_source(layout)
+        driver.migration_finalize_source(None, layout, success=False)
         self.services.vms.inventory.set_state(
             self.vm, "running", f"migration to {self.opts.target} rolled back"
         )

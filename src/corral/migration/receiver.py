@@ -29,9 +29,13 @@ class ReceiverServices:
     node: str
     address: str
     vms: VmService
-    driver: MigrationDriver
     tls: TlsFiles | None
     free_port: Callable[[str], int] | None = None
+
+    @property
+    def driver(self) -> MigrationDriver:
+        """The one driver handle: the VM service's."""
+        return self.vms.driver
 
 
 def free_port(address: str) -> int:
@@ -108,8 +112,7 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
             what=f"{spec.name} to arrive from {args.source}",
         )
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
-        vms.driver.kill(layout)
-        vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
+        services.driver.migration_finalize_target(spec, layout, success=False)
         if ctx.cancel_requested and not isinstance(exc, TaskCancelled):
             ctx.log(f"stopped on the source's request ({exc})")
             raise TaskCancelled() from exc
@@ -136,9 +139,7 @@ def recover_receiver(services: ReceiverServices, task: Task) -> str | None:
             vms.inventory.add(spec, services.node, RunState.RUNNING.value)
             vms.inventory.note(spec.name, "adopted after an interrupted migration")
         return None
-    layout = vms.layout(spec.name)
-    vms.driver.kill(layout)
-    vms.driver.undefine(spec, layout, delete_disks=False, keep_logs=True)
+    services.driver.migration_finalize_target(spec, vms.layout(spec.name), success=False)
     return (
         f"the agent stopped while receiving {spec.name}; the VM was {state.value} here"
         " and was removed"

@@ -35,8 +35,6 @@ def _stop_source_copy(
 ) -> None:
     """The target runs the VM: the source's copy goes, and the target records it."""
     vms = services.vms
-    layout = vms.layout(vm)
-    vms.driver.kill(layout)
     record_spec = spec
     with contextlib.suppress(NotFoundError):
         record_spec = vms.record(vm).spec
@@ -44,9 +42,8 @@ def _stop_source_copy(
     if adopt and record_spec is not None:
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/adopt", {"spec": record_spec.model_dump(mode="json")})
-    if record_spec is not None:
-        with contextlib.suppress(CorralError):
-            vms.driver.undefine(record_spec, layout, delete_disks=False, keep_logs=True)
+    with contextlib.suppress(CorralError):
+        services.driver.migration_finalize_source(record_spec, vms.layout(vm), success=True)
 
 
 def _observed(remote: dict[str, Any] | None) -> RunState | None:
@@ -107,14 +104,14 @@ def apply_recovery(
         _stop_source_copy(services, vm, target, plan.adopt_on_target, spec)
     if plan.pause_source:
         with contextlib.suppress(CorralError):
-            vms.driver.pause(layout)
+            driver.pause(layout)
         with contextlib.suppress(NotFoundError):
             vms.inventory.note(vm, f"runs on both {here} and {target}: {here}'s copy paused")
     if plan.discard_target:
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/discard")
     if plan.resume_source:
-        driver.migration_resume_source(layout)
+        driver.migration_finalize_source(spec, layout, success=False)
     if plan.record_source is not None:
         reason = {
             RunState.RUNNING: "recovered: it runs here",

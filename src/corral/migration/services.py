@@ -29,7 +29,6 @@ class MigrationServices:
 
     node: str
     vms: VmService
-    driver: MigrationDriver
     journal: MigrationJournal
     peer: Callable[[str], AgentClient]
     target_view: Callable[[str], NodeView | None]
@@ -43,6 +42,11 @@ class MigrationServices:
     poll_interval: float = 0.1
     watch_interval: float = 0.5  # how often the transfer looks at the target's side
     clock: Callable[[], float] = time.monotonic
+
+    @property
+    def driver(self) -> MigrationDriver:
+        """The one driver handle: the VM service's."""
+        return self.vms.driver
 
     def pinned(self, target: str) -> MigrationServices:
         """These services with `target` reached at the address it has now, even if it is

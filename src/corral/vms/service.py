@@ -22,7 +22,7 @@ from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.file_tail import tail_lines
 from corral.hypervisors.base import (
     CheckpointInfo,
-    HypervisorDriver,
+    MigrationDriver,
     RunState,
     RuntimeStatus,
     VmLayout,
@@ -74,7 +74,7 @@ def _emergency(method: F) -> F:
 
 class VmService:
     def __init__(
-        self, node: str, inventory: VmInventory, driver: HypervisorDriver, dirs: NodeDirectories
+        self, node: str, inventory: VmInventory, driver: MigrationDriver, dirs: NodeDirectories
     ) -> None:
         self.node = node
         self.inventory = inventory
@@ -260,9 +260,7 @@ class VmService:
         """What a stopped VM no longer needs here: its taps and control sockets (its logs
         stay). Also run when a VM is found dead, so a crash leaves nothing behind."""
         try:
-            self.driver.undefine(
-                record.spec, self.layout(record.name), delete_disks=False, keep_logs=True
-            )
+            self.driver.release(record.spec, self.layout(record.name))
         except CorralError as exc:
             log.warning("cannot release what VM %s held: %s", record.name, exc)
 

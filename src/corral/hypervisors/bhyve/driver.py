@@ -32,7 +32,6 @@ from corral.errors import ConflictError, HypervisorError, NotFoundError, UserInp
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
-    HypervisorDriver,
     MigrationDriver,
     MigrationState,
     MigrationStatus,
@@ -81,7 +80,7 @@ def _free_local_port() -> int:
 _TAP_LOCK = threading.Lock()  # choosing a free tap and creating it is one step
 
 
-class BhyveDriver(HypervisorDriver, MigrationDriver):
+class BhyveDriver(MigrationDriver):
     name = "bhyve"
     migration_features: frozenset[str] = frozenset()
 

@@ -18,7 +18,6 @@ from corral.hypervisors import host_network
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
-    HypervisorDriver,
     MigrationDriver,
     MigrationStatus,
     MigrationTuning,
@@ -55,7 +54,7 @@ QEMU_STATES = {
 }
 
 
-class QemuDriver(HypervisorDriver, MigrationDriver):
+class QemuDriver(MigrationDriver):
     name = "qemu"
 
     def __init__(
