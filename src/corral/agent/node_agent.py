@@ -33,7 +33,6 @@ from corral.cluster.tokens import (
 )
 from corral.database import Database
 from corral.errors import ConflictError, CorralError, NotFoundError, UserInputError
-from corral.hypervisors import host_network
 from corral.hypervisors.bhyve.driver import BhyveDriver
 from corral.hypervisors.bhyve.host import BhyveHost
 from corral.hypervisors.qemu.accelerator import resolve_accelerator
@@ -91,10 +90,8 @@ class NodeAgent:
     def facts(self) -> dict[str, Any]:
         """This node's facts, as reported to peers and `node list`."""
         facts = self.driver.facts().to_json()
-        rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (self.name,))
-        facts["vm_count"] = int(rows[0][0])
+        facts["vm_count"] = self.vms.inventory.count_owned_by(self.name)
         facts["storage"] = self.dirs.describe()
-        facts["bridges"] = sorted(host_network.bridges())
         facts["corral_version"] = __version__
         facts["registry_version"] = self.registry.version
         return facts
@@ -271,7 +268,7 @@ class NodeAgent:
         self._require_ca_key("remove nodes")
         if name == self.name:
             raise ConflictError("the node holding the CA cannot remove itself")
-        owned = int(self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (name,))[0][0])
+        owned = self.vms.inventory.count_owned_by(name)
         if owned and not force:
             raise ConflictError(
                 f"node {name} owns {owned} VM(s); migrate them away first or use --force"

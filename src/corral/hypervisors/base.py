@@ -32,12 +32,14 @@ class HostFacts:
     cpu_count: int
     cpu_models: tuple[str, ...] = ()
     machine_types: tuple[str, ...] = ()
+    bridges: tuple[str, ...] = ()  # the host's bridges a NIC can join, found the host's way
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("cpu_flags", "cpu_models", "machine_types"):
             data[key] = list(data[key])
+        data["bridges"] = sorted(self.bridges)
         return data
 
 

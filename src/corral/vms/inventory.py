@@ -60,6 +60,11 @@ class VmInventory:
     def all(self) -> list[VmRecord]:
         return [self._record(r) for r in self.db.query("SELECT * FROM vms ORDER BY name")]
 
+    def count_owned_by(self, node: str) -> int:
+        """How many VMs this node's records say `node` owns."""
+        rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (node,))
+        return int(rows[0][0])
+
     def set_state(self, name: str, state: str, reason: str) -> VmRecord:
         """Record a new state (and the event) if it differs from the recorded one."""
         now = time.time()

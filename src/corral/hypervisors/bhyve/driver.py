@@ -25,6 +25,7 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ class BhyveDriver(MigrationDriver):
         return bhyve_facts.probe(self.host)
 
     def facts(self) -> HostFacts:
-        return bhyve_facts.host_facts(bhyve_facts.probe(self.host))
+        found = bhyve_facts.host_facts(bhyve_facts.probe(self.host))
+        return replace(found, bridges=tuple(sorted(network.bridges())))
 
     # -- definition ------------------------------------------------------------------------
 

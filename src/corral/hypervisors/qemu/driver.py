@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,10 @@ class QemuDriver(MigrationDriver):
         )
 
     def facts(self) -> HostFacts:
-        return host_facts(self.offer, self.accelerator)
+        return replace(
+            host_facts(self.offer, self.accelerator),
+            bridges=tuple(sorted(host_network.bridges())),
+        )
 
     # -- definition ------------------------------------------------------------------------
 
