@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 
 from corral.database import Database
+from corral.errors import ConflictError, NotFoundError
 from corral.hypervisors.base import MigrationState as M
 from corral.hypervisors.base import RunState
+from corral.migration import policy
 from corral.migration.journal import MigrationJournal
-from corral.migration.orchestrator import MigrationFailed, run_source
+from corral.migration.operations import MigrationDesk
+from corral.migration.options import MIB, MigrationOptions
+from corral.migration.orchestrator import MigrationFailed, PreflightFailed, run_source
 from corral.migration.preflight import NodeView
 from corral.migration.services import MigrationServices
 from corral.model import VmSpec
@@ -26,6 +30,7 @@ from corral.vms.service import VmService
 from tests.fakes.driver import FakeDriver
 from tests.fakes.peer import FakePeer
 
+GIB = 1024 * MIB
 FACTS = {
     "arch": "x86_64",
     "memory_free_mib": 4096,
@@ -126,3 +131,55 @@ def test_a_refused_preflight_moves_nothing(rig: Rig) -> None:
     with pytest.raises(Exception, match="vm-not-running"):
         rig.migrate()
     assert not any(c.startswith("target:") for c in rig.calls)
+
+
+def desk_of(rig: Rig, queued: dict[str, str]) -> MigrationDesk:
+    def submit(args: dict[str, Any], owner: str) -> dict[str, Any]:
+        queued[args["options"]["vm"]] = "task1"
+        return {"id": "task1", "args": args}
+
+    return MigrationDesk(
+        services=rig.services,
+        submit=submit,
+        migrating=queued.get,
+        cancel_task=lambda task_id: {"id": task_id, "cancel_requested": True},
+        probe_link=lambda _target: 100.0 * MIB,
+    )
+
+
+def test_the_desk_checks_once_queues_once_and_refuses_a_second_start(rig: Rig) -> None:
+    queued: dict[str, str] = {}
+    desk = desk_of(rig, queued)
+    started = desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    assert started["task"]["args"]["preflight"] == "passed"
+    with pytest.raises(ConflictError, match="already migrating"):
+        desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    assert desk.cancel("vm1") == {"id": "task1", "cancel_requested": True}
+    with pytest.raises(NotFoundError):
+        desk.cancel("other")
+
+
+def test_the_desk_refuses_with_every_reason_and_queues_nothing(rig: Rig) -> None:
+    rig.driver.vms.clear()
+    queued: dict[str, str] = {}
+    with pytest.raises(PreflightFailed) as refused:
+        desk_of(rig, queued).start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    assert [r["code"] for r in refused.value.details] == ["vm-not-running"]  # type: ignore[attr-defined]
+    assert queued == {}
+    assert rig.journal.latest("vm1") is None
+
+
+def test_the_plan_estimates_from_what_it_measured(rig: Rig) -> None:
+    answer = desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="dst", bandwidth_mib=50))
+    assert answer["allowed"]
+    estimate = answer["estimate"]
+    assert estimate["link_bytes_per_s"] == 100 * MIB
+    assert estimate["bandwidth_bytes_per_s"] == 50 * MIB  # capped by --bandwidth
+    assert estimate["converges"]  # the fake guest dirties nothing
+    assert estimate["expected_s"] == pytest.approx(64 / 50 + 1.0, abs=0.01)  # + max downtime
+
+
+def test_an_estimate_leaves_out_what_was_not_measured() -> None:
+    limits = MigrationOptions(vm="v", target="t").limits(GIB)
+    found = policy.estimate(GIB, limits, dirty_bytes_per_s=None, link_bytes_per_s=None)
+    assert found == {"bandwidth_bytes_per_s": 0}

@@ -1,23 +1,21 @@
-"""The agent's side of migrations: building the migration layer's services from this node,
-finding which node owns a VM, starting, planning, cancelling and recovering migrations."""
+"""The agent's side of migrations: the migration layer's services and use cases built from
+this node (the use cases themselves are migration/operations.py), finding which node owns a
+VM, and measuring the link to a member."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from corral.agent.node_agent import NodeAgent
 from corral.client import AgentClient
 from corral.cluster.peer_client import peer_client
-from corral.errors import ConflictError, CorralError, NotFoundError
-from corral.migration import policy
-from corral.migration.options import MIB, MigrationOptions
-from corral.migration.orchestrator import PreflightFailed, check
+from corral.errors import CorralError, NotFoundError
+from corral.migration.operations import MigrationDesk
+from corral.migration.options import MIB
 from corral.migration.preflight import NodeView
 from corral.migration.receiver import ReceiverServices
-from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices, TlsFiles
 from corral.tasks.states import TaskState
 
@@ -110,28 +108,6 @@ def locate_owner(agent: NodeAgent, vm: str) -> str:
     raise NotFoundError(f"no node of the cluster knows a VM named {vm!r}")
 
 
-def start(agent: NodeAgent, opts: MigrationOptions, owner: str) -> dict[str, Any]:
-    """Preflight (refusing with every reason), then queue the migration task here."""
-    running = [
-        t
-        for t in agent.tasks.recent({TaskState.QUEUED, TaskState.RUNNING})
-        if t.kind == "migration.send" and t.args["options"]["vm"] == opts.vm
-    ]
-    if running:
-        raise ConflictError(f"VM {opts.vm} is already migrating (task {running[0].id})")
-    services = migration_services(agent)
-    reasons = check(services, opts)
-    if reasons:
-        raise PreflightFailed(reasons)
-    record = agent.journal.begin(opts.vm, agent.name, opts.target)
-    task = agent.runner.submit(
-        "migration.send",
-        {"migration_id": record.id, "options": opts.model_dump(mode="json")},
-        owner,
-    )
-    return {"migration_id": record.id, "source": agent.name, "task": task.to_json()}
-
-
 def probe_bandwidth(agent: NodeAgent, target: str) -> float:
     """Bytes per second from `target` to here over the cluster's TLS link (a 32 MiB read)."""
     with agent.peer(target) as client:
@@ -146,70 +122,20 @@ def probe_bandwidth(agent: NodeAgent, target: str) -> float:
     return size / max(time.monotonic() - started, 1e-6)
 
 
-def plan(agent: NodeAgent, opts: MigrationOptions) -> dict[str, Any]:
-    """The preflight's answer and an estimate, moving nothing."""
-    services = migration_services(agent)
-    reasons = check(services, opts)
-    answer: dict[str, Any] = {
-        "vm": opts.vm,
-        "source": agent.name,
-        "target": opts.target,
-        "allowed": not reasons,
-        "reasons": [r.to_json() for r in reasons],
-    }
-    try:
-        record = agent.vms.local(opts.vm)
-    except CorralError:
-        return answer
-    ram = record.spec.memory_mib * MIB
-    limits = opts.limits(ram)
-    estimate: dict[str, Any] = {
-        "ram_bytes": ram,
-        "timeout_s": limits.completion_timeout_s,
-        "max_downtime_ms": limits.max_downtime_ms,
-        "storage": agent.dirs.describe(),
-    }
-    with contextlib.suppress(CorralError):
-        estimate["dirty_rate_bytes"] = (
-            agent.driver.measure_dirty_rate(agent.vms.layout(opts.vm), 1) * MIB
-        )
-    if not any(r.code in ("target-unknown", "target-offline", "same-node") for r in reasons):
-        with contextlib.suppress(CorralError, OSError):
-            estimate["link_bytes_per_s"] = round(probe_bandwidth(agent, opts.target))
-    link = float(estimate.get("link_bytes_per_s", 0))
-    bandwidth = (
-        min(x for x in (link, opts.bandwidth_mib * MIB) if x > 0)
-        if link or opts.bandwidth_mib
-        else 0.0
-    )
-    estimate["bandwidth_bytes_per_s"] = round(bandwidth)
-    if bandwidth and "dirty_rate_bytes" in estimate:
-        ok, seconds = policy.converges(
-            ram, float(estimate["dirty_rate_bytes"]), bandwidth, limits.max_downtime_ms
-        )
-        estimate["converges"] = ok
-        estimate["expected_s"] = round(seconds, 2) if seconds is not None else None
-        estimate["within_timeout"] = (
-            ok and seconds is not None and seconds <= limits.completion_timeout_s
-        )
-    answer["estimate"] = estimate
-    return answer
-
-
-def cancel(agent: NodeAgent, vm: str) -> dict[str, Any]:
-    """Ask the running migration of `vm` from this node to stop."""
+def migrating(agent: NodeAgent, vm: str) -> str | None:
+    """The id of `vm`'s migration task queued or running here, if any."""
     for task in agent.tasks.recent({TaskState.QUEUED, TaskState.RUNNING}):
         if task.kind == "migration.send" and task.args["options"]["vm"] == vm:
-            return agent.tasks.request_cancel(task.id).to_json()
-    raise NotFoundError(f"no migration of {vm} is running from {agent.name}")
+            return task.id
+    return None
 
 
-def recover(agent: NodeAgent, vm: str) -> dict[str, Any]:
-    """Ask both nodes of `vm`'s last migration what runs, and repair the records.
-
-    :raise ConflictError: a migration of `vm` runs here now (cancel it instead)."""
-    agent.vms.refuse_if_held(vm)
-    latest = agent.journal.latest(vm)
-    if latest is None:
-        raise NotFoundError(f"{agent.name} never migrated a VM named {vm!r}")
-    return recover_migration(migration_services(agent), agent.journal, latest.id, vm, latest.target)
+def desk(agent: NodeAgent) -> MigrationDesk:
+    """This node's migration use cases (migration/operations.py), wired to the node."""
+    return MigrationDesk(
+        services=migration_services(agent),
+        submit=lambda args, owner: agent.runner.submit("migration.send", args, owner).to_json(),
+        migrating=lambda vm: migrating(agent, vm),
+        cancel_task=lambda task_id: agent.tasks.request_cancel(task_id).to_json(),
+        probe_link=lambda target: probe_bandwidth(agent, target),
+    )

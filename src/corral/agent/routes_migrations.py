@@ -49,7 +49,7 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result
-        return migration_desk.start(agent, body, owner_of(request))
+        return migration_desk.desk(agent).start(body, owner_of(request))
 
     @app.post("/v1/migrations/plan", tags=["migrations"], dependencies=MEMBER)
     def plan_migration(body: MigrationOptions, request: Request) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result
-        return migration_desk.plan(agent, body)
+        return migration_desk.desk(agent).plan(body)
 
     @app.get("/v1/migrations", tags=["migrations"], dependencies=MEMBER)
     def list_migrations(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
@@ -75,12 +75,12 @@ def migration_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         if forwarded is not None:
             result: dict[str, Any] = forwarded
             return result
-        return migration_desk.cancel(agent, vm)
+        return migration_desk.desk(agent).cancel(vm)
 
     @app.post("/v1/migrations/{vm}/recover", tags=["migrations"], dependencies=MEMBER)
     def recover_migration(vm: VmName) -> dict[str, Any]:
         """Ask both nodes of the VM's last migration what runs; repair the records."""
-        return migration_desk.recover(agent, vm)
+        return migration_desk.desk(agent).recover(vm)
 
 
 def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:

@@ -1,0 +1,120 @@
+"""The migration use cases a node serves: start (preflight, then the migration task), plan
+(preflight and an estimate, moving nothing), cancel and recover. The agent wires them to its
+routes (agent/migration_desk.py builds `MigrationDesk` from the node); nothing here knows
+HTTP or the agent.
+
+Must never import: agent, cli, lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.migration import policy
+from corral.migration.options import MIB, MigrationOptions
+from corral.migration.orchestrator import PreflightFailed, check
+from corral.migration.recovery import recover_migration
+from corral.migration.services import MigrationServices
+
+UNREACHABLE = ("target-unknown", "target-offline", "same-node")
+
+
+@dataclass
+class MigrationDesk:
+    """This node's migration use cases, with what they need of the node injected."""
+
+    services: MigrationServices
+    # Queue a migration task here: (args, owner) -> the task's record.
+    submit: Callable[[dict[str, Any], str], dict[str, Any]]
+    # The migration task of a VM queued or running here, if any: vm -> task id.
+    migrating: Callable[[str], str | None]
+    cancel_task: Callable[[str], dict[str, Any]]
+    # Bytes per second from a member to here over the cluster's link.
+    probe_link: Callable[[str], float]
+
+    def start(self, opts: MigrationOptions, owner: str) -> dict[str, Any]:
+        """Preflight, refusing with every reason; then the migration task. Preflight runs
+        here only: the task trusts it (the target checks its storage and the name again).
+
+        :raise ConflictError: the VM is migrating already.
+        :raise PreflightFailed: every reason it cannot move now."""
+        running = self.migrating(opts.vm)
+        if running is not None:
+            raise ConflictError(f"VM {opts.vm} is already migrating (task {running})")
+        reasons = check(self.services, opts)
+        if reasons:
+            raise PreflightFailed(reasons)
+        record = self.services.journal.begin(opts.vm, self.services.node, opts.target)
+        args = {
+            "migration_id": record.id,
+            "options": opts.model_dump(mode="json"),
+            "preflight": "passed",
+        }
+        task = self.submit(args, owner)
+        return {"migration_id": record.id, "source": self.services.node, "task": task}
+
+    def plan(self, opts: MigrationOptions) -> dict[str, Any]:
+        """The preflight's answer and an estimate, moving nothing."""
+        services = self.services
+        reasons = check(services, opts)
+        answer: dict[str, Any] = {
+            "vm": opts.vm,
+            "source": services.node,
+            "target": opts.target,
+            "allowed": not reasons,
+            "reasons": [r.to_json() for r in reasons],
+        }
+        try:
+            record = services.vms.local(opts.vm)
+        except CorralError:
+            return answer
+        ram = record.spec.memory_mib * MIB
+        limits = opts.limits(ram)
+        found: dict[str, Any] = {
+            "ram_bytes": ram,
+            "timeout_s": limits.completion_timeout_s,
+            "max_downtime_ms": limits.max_downtime_ms,
+            "storage": services.vms.dirs.describe(),
+        }
+        dirty = None
+        with contextlib.suppress(CorralError):
+            layout = services.vms.layout(opts.vm)
+            dirty = float(services.driver.measure_dirty_rate(layout, 1) * MIB)
+            found["dirty_rate_bytes"] = round(dirty)
+        link = None
+        if not any(r.code in UNREACHABLE for r in reasons):
+            with contextlib.suppress(CorralError, OSError):
+                link = self.probe_link(opts.target)
+                found["link_bytes_per_s"] = round(link)
+        found |= policy.estimate(
+            ram,
+            limits,
+            dirty_bytes_per_s=dirty,
+            link_bytes_per_s=link,
+            bandwidth_cap_bytes_per_s=opts.bandwidth_mib * MIB,
+        )
+        answer["estimate"] = found
+        return answer
+
+    def cancel(self, vm: str) -> dict[str, Any]:
+        """Ask the migration of `vm` from this node to stop.
+
+        :raise NotFoundError: none runs here."""
+        task = self.migrating(vm)
+        if task is None:
+            raise NotFoundError(f"no migration of {vm} is running from {self.services.node}")
+        return self.cancel_task(task)
+
+    def recover(self, vm: str) -> dict[str, Any]:
+        """Ask both nodes of `vm`'s last migration what runs, and repair the records.
+
+        :raise ConflictError: a migration of `vm` runs here now (cancel it instead)."""
+        self.services.vms.refuse_if_held(vm)
+        latest = self.services.journal.latest(vm)
+        if latest is None:
+            raise NotFoundError(f"{self.services.node} never migrated a VM named {vm!r}")
+        return recover_migration(self.services, self.services.journal, latest.id, vm, latest.target)
