@@ -65,18 +65,22 @@ class Pair:
     src: Side
     dst: Side
 
-    def listen(self, *, tls: bool = True) -> int:
+    def listen(self, *, tls: bool = True, source: str | None = None) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        tuning = MigrationTuning(tls_dir=self.dst.tls("server") if tls else None)
+        tuning = MigrationTuning(
+            tls_dir=self.dst.tls("server") if tls else None, tls_peer_name=source
+        )
         self.dst.driver.migration_listen(self.spec, self.dst.layout, "127.0.0.1", port, tuning)
         return port
 
-    def send(self, port: int, *, tls: bool = True, bandwidth: int = 0) -> None:
+    def send(
+        self, port: int, *, tls: bool = True, bandwidth: int = 0, target: str = "127.0.0.1"
+    ) -> None:
         tuning = MigrationTuning(
             tls_dir=self.src.tls("client") if tls else None,
-            tls_hostname="127.0.0.1",
+            tls_hostname=target,
             bandwidth_bytes=bandwidth,
         )
         self.src.driver.migration_start(self.src.layout, "127.0.0.1", port, tuning)
@@ -161,6 +165,22 @@ def test_a_tunnel_from_outside_the_cluster_is_refused(pair: Pair, tmp_path: Path
     assert pair.src.driver.status(pair.src.layout).state == RunState.RUNNING
     pair.src.counting_past(pair.src.counters()[-1])
     assert pair.dst.counters() == []
+
+
+def test_only_the_named_nodes_meet_through_the_tunnel(pair: Pair) -> None:
+    """Both ends check names, not only the CA: a target waiting for another source refuses
+    this one, and a source sent to "elsewhere" refuses a target whose certificate says dst."""
+    for listen, send in (({"source": "other"}, {}), ({}, {"target": "elsewhere"})):
+        pair.send(pair.listen(**listen), **send)  # type: ignore[arg-type]
+        assert pair.outcome().state == "failed"
+        pair.src.driver.migration_resume_source(pair.src.layout)
+        assert pair.src.driver.status(pair.src.layout).state == RunState.RUNNING
+        pair.dst.driver.kill(pair.dst.layout)
+    pair.src.counting_past(pair.src.counters()[-1])
+    assert pair.dst.counters() == []
+    # The right names: it moves.
+    pair.send(pair.listen(source="src"), target="dst")
+    assert pair.outcome().state == "completed"
 
 
 def test_a_destination_with_another_cpu_refuses_and_the_guest_runs_on(pair: Pair) -> None:
