@@ -142,6 +142,7 @@ def desk_of(rig: Rig, queued: dict[str, str]) -> MigrationDesk:
         services=rig.services,
         submit=submit,
         migrating=queued.get,
+        task_alive=lambda _task_id: True,
         cancel_task=lambda task_id: {"id": task_id, "cancel_requested": True},
         probe_link=lambda _target: 100.0 * MIB,
     )
@@ -152,7 +153,7 @@ def test_the_desk_checks_once_queues_once_and_refuses_a_second_start(rig: Rig) -
     desk = desk_of(rig, queued)
     started = desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
     assert started["task"]["args"]["preflight"] == "passed"
-    with pytest.raises(ConflictError, match="already migrating"):
+    with pytest.raises(ConflictError, match="vm1 is migrating to dst"):
         desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
     assert desk.cancel("vm1") == {"id": "task1", "cancel_requested": True}
     with pytest.raises(NotFoundError):
@@ -183,3 +184,39 @@ def test_an_estimate_leaves_out_what_was_not_measured() -> None:
     limits = MigrationOptions(vm="v", target="t").limits(GIB)
     found = policy.estimate(GIB, limits, dirty_bytes_per_s=None, link_bytes_per_s=None)
     assert found == {"bandwidth_bytes_per_s": 0}
+
+
+def test_the_hold_taken_at_start_is_adopted_by_the_task_and_ends_with_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [M.SETUP, M.ACTIVE, M.COMPLETED])
+    submitted: list[dict[str, Any]] = []
+
+    def submit(args: dict[str, Any], owner: str) -> dict[str, Any]:
+        submitted.append(args)
+        return {"id": "task1"}
+
+    desk = MigrationDesk(
+        services=rig.services,
+        submit=submit,
+        migrating=lambda _vm: None,
+        task_alive=lambda _task_id: True,
+        cancel_task=lambda task_id: {},
+        probe_link=lambda _target: 1.0,
+    )
+    desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    assert rig.vms.held("vm1") == "migrating to dst"  # queued: held already
+    with pytest.raises(ConflictError, match="vm1 is migrating to dst"):
+        rig.vms.changeable("vm1")
+    ctx = TaskContext(rig.store, rig.store.create("migration.send", submitted[0], "test"))
+    run_source(rig.services, ctx)  # adopts the hold rather than refusing itself
+    assert rig.vms.held("vm1") is None
+
+
+def test_a_hold_whose_task_ended_before_running_lets_go(rig: Rig) -> None:
+    alive = {"task1": True}
+    desk = desk_of(rig, {})
+    desk.task_alive = alive.__getitem__
+    desk.start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    assert rig.vms.held("vm1") is not None
+    alive["task1"] = False  # cancelled while queued: its migration will never run
+    assert rig.vms.held("vm1") is None
+    rig.vms.changeable("vm1")  # free again

@@ -136,6 +136,7 @@ def desk(agent: NodeAgent) -> MigrationDesk:
         services=migration_services(agent),
         submit=lambda args, owner: agent.runner.submit("migration.send", args, owner).to_json(),
         migrating=lambda vm: migrating(agent, vm),
+        task_alive=lambda task_id: not agent.tasks.get(task_id).state.finished,
         cancel_task=lambda task_id: agent.tasks.request_cancel(task_id).to_json(),
         probe_link=lambda target: probe_bandwidth(agent, target),
     )

@@ -15,8 +15,9 @@ from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.migration import policy
+from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
-from corral.migration.orchestrator import PreflightFailed, check
+from corral.migration.orchestrator import PreflightFailed, check, hold_reason
 from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices
 
@@ -32,29 +33,47 @@ class MigrationDesk:
     submit: Callable[[dict[str, Any], str], dict[str, Any]]
     # The migration task of a VM queued or running here, if any: vm -> task id.
     migrating: Callable[[str], str | None]
+    # Whether a task is still queued or running: task id -> bool.
+    task_alive: Callable[[str], bool]
     cancel_task: Callable[[str], dict[str, Any]]
     # Bytes per second from a member to here over the cluster's link.
     probe_link: Callable[[str], float]
 
     def start(self, opts: MigrationOptions, owner: str) -> dict[str, Any]:
-        """Preflight, refusing with every reason; then the migration task. Preflight runs
-        here only: the task trusts it (the target checks its storage and the name again).
+        """Preflight, refusing with every reason; then the migration task, with the VM held
+        from now on (a second migration or any other operation is refused until the task
+        ends, queued or running). Preflight runs here only: the task trusts it (the target
+        checks its storage and the name again).
 
-        :raise ConflictError: the VM is migrating already.
+        :raise ConflictError: the VM is held (migrating already).
         :raise PreflightFailed: every reason it cannot move now."""
-        running = self.migrating(opts.vm)
-        if running is not None:
-            raise ConflictError(f"VM {opts.vm} is already migrating (task {running})")
+        vms = self.services.vms
+        vms.refuse_if_held(opts.vm)
         reasons = check(self.services, opts)
         if reasons:
             raise PreflightFailed(reasons)
         record = self.services.journal.begin(opts.vm, self.services.node, opts.target)
+        task_id: list[str] = []  # known once queued; until then the hold is alive
+
+        def alive() -> bool:
+            return not task_id or self.task_alive(task_id[0])
+
+        try:
+            vms.take_hold(opts.vm, hold_reason(opts.target), record.id, alive)
+        except ConflictError as exc:  # another start won the race
+            self.services.journal.step(record.id, MigrationPhase.ROLLED_BACK, exc.message)
+            raise
         args = {
             "migration_id": record.id,
             "options": opts.model_dump(mode="json"),
             "preflight": "passed",
         }
-        task = self.submit(args, owner)
+        try:
+            task = self.submit(args, owner)
+        except BaseException:
+            vms.release_hold(opts.vm, record.id)
+            raise
+        task_id.append(str(task["id"]))
         return {"migration_id": record.id, "source": self.services.node, "task": task}
 
     def plan(self, opts: MigrationOptions) -> dict[str, Any]:

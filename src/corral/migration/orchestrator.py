@@ -436,15 +436,22 @@ class SourceMigration:
         self._step(MigrationPhase.ROLLED_BACK, why)
 
 
+def hold_reason(target: str) -> str:
+    """What a migration's hold says to whoever is refused meanwhile."""
+    return f"migrating to {target}"
+
+
 def run_source(services: MigrationServices, ctx: TaskContext) -> dict[str, Any]:
     opts = MigrationOptions.model_validate(ctx.args["options"])
     try:
-        # Other operations on the VM (but kill) are refused until the migration ends.
-        with services.vms.hold(opts.vm, f"migrating to {opts.target}"):
+        # Other operations on the VM (but kill) are refused until the migration ends; the
+        # hold the desk took when the migration was asked for is adopted.
+        migration_id = str(ctx.args["migration_id"])
+        with services.vms.hold(opts.vm, hold_reason(opts.target), token=migration_id):
             return SourceMigration(
                 services,
                 opts,
-                str(ctx.args["migration_id"]),
+                migration_id,
                 ctx,
                 preflight_passed=ctx.args.get("preflight") == "passed",
             ).run()

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from corral.errors import ConflictError, CorralError, NotFoundError
@@ -72,6 +73,13 @@ def _emergency(method: F) -> F:
     return cast(F, wrapper)
 
 
+@dataclass(frozen=True)
+class _Hold:
+    why: str  # "migrating to node2"
+    token: str | None = None  # the operation's (a migration's id)
+    alive: Callable[[], bool] | None = None  # a hold taken ahead: while its task lives
+
+
 class VmService:
     def __init__(
         self, node: str, inventory: VmInventory, driver: MigrationDriver, dirs: NodeDirectories
@@ -84,7 +92,7 @@ class VmService:
         self._seen_lock = threading.Lock()
         self._vm_locks: dict[str, threading.RLock] = {}
         self._vm_locks_lock = threading.Lock()
-        self._held: dict[str, str] = {}  # VM -> what holds it ("migrating to node2")
+        self._held: dict[str, _Hold] = {}  # VM -> what holds it ("migrating to node2")
 
     def operating(self, name: str) -> threading.RLock:
         """The lock held while an operation changes VM `name` (re-entrant)."""
@@ -92,30 +100,60 @@ class VmService:
             return self._vm_locks.setdefault(name, threading.RLock())
 
     @contextlib.contextmanager
-    def hold(self, name: str, why: str) -> Iterator[None]:
+    def hold(self, name: str, why: str, token: str | None = None) -> Iterator[None]:
         """Hold VM `name` for a long operation that drives the hypervisor itself (a
         migration): other operations but kill are refused meanwhile, naming `why`, and
         reconcile leaves the VM to it. A restore or a start on the source during a
         migration could otherwise run a second copy of a VM that already runs on the target.
 
         An operation in progress on the VM is waited for first, so none runs on beside
-        the holder.
+        the holder. A hold taken ahead with the same `token` (`take_hold`) is adopted.
 
         :raise ConflictError: something else holds it."""
         with self.operating(name), self._vm_locks_lock:
-            if name in self._held:
-                raise ConflictError(f"VM {name} is {self._held[name]}")
-            self._held[name] = why
+            current = self._current_hold(name)
+            if current is not None and (token is None or current.token != token):
+                raise ConflictError(f"VM {name} is {current.why}")
+            self._held[name] = _Hold(why, token)
         try:
             yield
         finally:
             with self._vm_locks_lock:
                 self._held.pop(name, None)
 
+    def take_hold(self, name: str, why: str, token: str, alive: Callable[[], bool]) -> None:
+        """Hold VM `name` now for an operation that runs later (a migration asked for now
+        and run by a task): the operation's `hold(..., token)` adopts it. Until then it
+        lasts while `alive()` (the task is queued or running) or until `release_hold`.
+
+        :raise ConflictError: something holds it already (a migration: the message says)."""
+        with self.operating(name), self._vm_locks_lock:
+            current = self._current_hold(name)
+            if current is not None:
+                raise ConflictError(f"VM {name} is {current.why}")
+            self._held[name] = _Hold(why, token, alive)
+
+    def release_hold(self, name: str, token: str) -> None:
+        """Give back a hold taken ahead (its operation will not run)."""
+        with self._vm_locks_lock:
+            current = self._held.get(name)
+            if current is not None and current.token == token:
+                del self._held[name]
+
+    def _current_hold(self, name: str) -> _Hold | None:
+        """The hold on `name`, dropping one taken ahead whose operation is gone (a task
+        cancelled while queued). Called with `_vm_locks_lock` held."""
+        current = self._held.get(name)
+        if current is not None and current.alive is not None and not current.alive():
+            del self._held[name]
+            return None
+        return current
+
     def held(self, name: str) -> str | None:
         """What holds VM `name`, if anything."""
         with self._vm_locks_lock:
-            return self._held.get(name)
+            current = self._current_hold(name)
+            return current.why if current is not None else None
 
     def refuse_if_held(self, name: str) -> None:
         """:raise ConflictError: a migration holds VM `name` (the message says which)."""
