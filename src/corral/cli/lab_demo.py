@@ -22,6 +22,7 @@ from corral.lab.image import GuestImage, GuestImageBuilder, guest_cmdline
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig, LabPlan
 from corral.lab.probes import CounterClient, PingMeter
+from corral.tasks.states import TaskState
 from corral.waiting import wait_for
 
 DEMO_PREFIX = "demo"
@@ -85,10 +86,7 @@ def _cluster_steps(plan: LabPlan, report: DemoReport) -> None:
     with AgentClient(socket_path=agent_socket(plan.nodes[0]), node="node2") as to_node2:
         task = to_node2.post("/tasks", {"kind": "sleep", "args": {"seconds": 1, "steps": 4}})
         done = wait_for(
-            lambda: (
-                (t := to_node2.get(f"/tasks/{task['id']}"))["state"] in ("succeeded", "failed")
-                and t
-            ),
+            lambda: TaskState((t := to_node2.get(f"/tasks/{task['id']}"))["state"]).finished and t,
             timeout=30,
             what="the task",
         )

@@ -15,6 +15,7 @@ from corral.cli.format import ago, progress_text
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
 from corral.errors import UserInputError
+from corral.tasks.states import TaskState
 
 task_app = typer.Typer(
     help="Deferred tasks: list, inspect, follow and cancel them.", no_args_is_help=True
@@ -160,7 +161,7 @@ def cancel_command(
     else:
         console.print(
             f"{task_id}: {task['state']}"
-            + (" (cancel requested)" if task["state"] == "running" else "")
+            + (" (cancel requested)" if task["state"] == TaskState.RUNNING else "")
         )
 
 
