@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from corral import __version__
-from corral.agent.access import Access, access_table, allow, caller_of
+from corral.agent.access import JOINER, LOCAL, Access, access_table, allow, caller_of
 from corral.agent.api_models import (
     TASK_ID_PATTERN,
     ClusterInit,
@@ -37,10 +37,9 @@ from corral.agent.api_models import (
 from corral.agent.http_guards import (
     API_BODY_LIMIT,
     JOIN_BODY_LIMIT,
+    FixedCaller,
     IdentifyMembers,
-    JoinCaller,
     LimitBody,
-    LocalCaller,
 )
 from corral.agent.node_agent import NodeAgent
 from corral.agent.routes_migrations import migration_routes, runtime_routes
@@ -176,7 +175,7 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
     access_table(app)  # refuses to build an app with a route that says nobody may call it
     # Outermost last: the body bound, then who is calling, then everything else.
     if via == "local":
-        app.add_middleware(LocalCaller)
+        app.add_middleware(FixedCaller, caller=LOCAL)
     else:
         app.add_middleware(IdentifyMembers, registry=agent.registry)
     app.add_middleware(LimitBody, limit=API_BODY_LIMIT)
@@ -319,6 +318,6 @@ def join_app(agent: NodeAgent) -> FastAPI:
         return agent.accept_join(body, came_from)
 
     access_table(app)
-    app.add_middleware(JoinCaller)
+    app.add_middleware(FixedCaller, caller=JOINER)
     app.add_middleware(LimitBody, limit=JOIN_BODY_LIMIT)
     return app

@@ -14,7 +14,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from corral.agent.access import CALLER_KEY, JOINER, LOCAL, Caller
+from corral.agent.access import CALLER_KEY, Caller
 from corral.cluster.pki import der_fingerprint
 from corral.cluster.registry import NodeRegistry
 
@@ -91,25 +91,16 @@ class IdentifyMembers:
         await app(scope, receive, send)
 
 
-class LocalCaller:
-    """Requests on the unix socket come from root on this node."""
+class FixedCaller:
+    """Every request of this server comes from the same kind of caller: root on this node
+    (the unix socket), or anyone (the join port, where only the token says who)."""
 
-    def __init__(self, app: Asgi) -> None:
+    def __init__(self, app: Asgi, caller: Caller) -> None:
         self.app = app
+        self.caller = caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[CALLER_KEY] = LOCAL
-        await self.app(scope, receive, send)
-
-
-class JoinCaller:
-    """Requests on the join port come from anyone: only the token says who."""
-
-    def __init__(self, app: Asgi) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[CALLER_KEY] = JOINER
+        scope[CALLER_KEY] = self.caller
         await self.app(scope, receive, send)
 
 

@@ -29,22 +29,26 @@ def _capabilities(session: QmpSession, tuning: MigrationTuning, source: bool) ->
     )
 
 
+def _new_object(session: QmpSession, qom_type: str, object_id: str, **props: Any) -> str:
+    """Add a QOM object, replacing one of that id left by an earlier attempt."""
+    with contextlib.suppress(HypervisorError):
+        session.execute("object-del", {"id": object_id})
+    session.execute("object-add", {"qom-type": qom_type, "id": object_id, **props})
+    return object_id
+
+
 def _tls(session: QmpSession, tuning: MigrationTuning, endpoint: str) -> dict[str, Any]:
     if tuning.tls_dir is None:
         return {"tls-creds": ""}
-    with contextlib.suppress(HypervisorError):
-        session.execute("object-del", {"id": TLS_OBJECT})
-    session.execute(
-        "object-add",
-        {
-            "qom-type": "tls-creds-x509",
-            "id": TLS_OBJECT,
-            "dir": str(tuning.tls_dir),
-            "endpoint": endpoint,
-            "verify-peer": True,
-        },
+    creds = _new_object(
+        session,
+        "tls-creds-x509",
+        TLS_OBJECT,
+        dir=str(tuning.tls_dir),
+        endpoint=endpoint,
+        **{"verify-peer": True},
     )
-    return {"tls-creds": TLS_OBJECT}
+    return {"tls-creds": creds}
 
 
 def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> str:
@@ -54,17 +58,8 @@ def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -
         params: dict[str, Any] = _tls(qmp, tuning, "server")
         if tuning.tls_dir is not None and tuning.tls_peer_name:
             # Only the source node's certificate may feed this QEMU, not any the CA signed.
-            with contextlib.suppress(HypervisorError):
-                qmp.execute("object-del", {"id": AUTHZ_OBJECT})
-            qmp.execute(
-                "object-add",
-                {
-                    "qom-type": "authz-simple",
-                    "id": AUTHZ_OBJECT,
-                    "identity": f"CN={tuning.tls_peer_name}",
-                },
-            )
-            params["tls-authz"] = AUTHZ_OBJECT
+            identity = f"CN={tuning.tls_peer_name}"
+            params["tls-authz"] = _new_object(qmp, "authz-simple", AUTHZ_OBJECT, identity=identity)
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
