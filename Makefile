@@ -9,7 +9,7 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt
+	bench-libvirt bench-peer-link
 RUNS ?= 3
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "              (one at a time: make bench-overhead, bench-downtime, bench-throughput,"
 	@echo "               bench-convergence, bench-control)"
 	@echo "make bench-libvirt - installs libvirt, then corral against virsh migrate --live"
+	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
 
 deps:
 	@scripts/install-deps.sh
@@ -72,6 +73,9 @@ bench-libvirt: deps venv image
 
 bench-control: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.control_plane
+
+bench-peer-link: deps venv image
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -36,6 +36,8 @@ class AgentClient:
         name), checked instead of the address dialled."""
         headers = {NODE_HEADER: node} if node else {}
         self.extensions: dict[str, Any] = {"sni_hostname": server_name} if server_name else {}
+        self.timeout = timeout
+        self._owns_http = True
         if socket_path is not None:
             self.where = str(socket_path)
             transport = httpx.HTTPTransport(uds=str(socket_path))
@@ -73,11 +75,13 @@ class AgentClient:
                 f"/v1{path}",
                 json=json,
                 params=params,
-                timeout=timeout or self.http.timeout,
+                timeout=timeout or self.timeout,
                 extensions=self.extensions,
             )
         except httpx.TransportError as exc:
             raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc
+        except RuntimeError as exc:  # httpx: a pooled client closed meanwhile (a removed peer)
+            raise Unreachable(f"the connection to {self.where} was closed: {exc}") from exc
         raise_for_response(response)
         if not response.content:
             return None
@@ -94,8 +98,18 @@ class AgentClient:
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params=params)
 
+    def view(self, timeout: float) -> AgentClient:
+        """This client's connections, with another default timeout; closing the view
+        leaves them open (a pooled client of a peer is shared by every caller)."""
+        other = object.__new__(AgentClient)
+        other.__dict__.update(self.__dict__)
+        other.timeout = timeout
+        other._owns_http = False
+        return other
+
     def close(self) -> None:
-        self.http.close()
+        if self._owns_http:
+            self.http.close()
 
     def __enter__(self) -> AgentClient:
         return self

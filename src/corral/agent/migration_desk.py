@@ -77,6 +77,7 @@ def is_member(agent: NodeAgent, name: str) -> bool:
 def pin_peer(agent: NodeAgent, name: str) -> Callable[[], AgentClient]:
     """A factory of clients of `name` at the address it has now."""
     node = agent.registry.get(name)
+    # Fresh clients, not the pool's: the pool closes a removed member's connection.
     return lambda: peer_client(agent.pki, node)
 
 

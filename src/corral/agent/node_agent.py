@@ -21,7 +21,7 @@ from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, no
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
-from corral.cluster.peer_client import peer_client
+from corral.cluster.peer_client import PeerPool
 from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
 from corral.cluster.registry import Member, NodeRecord, NodeRegistry
 from corral.cluster.tokens import (
@@ -81,6 +81,7 @@ class NodeAgent:
         self.journal = MigrationJournal(self.db)
         self.registry = NodeRegistry(self.db)
         self.pki = PkiPaths(settings.pki_dir)
+        self.pool = PeerPool(self.pki)  # one keep-alive connection per member
         self.runner = TaskRunner(self.tasks, kinds(self), max_parallel=settings.max_parallel_tasks)
         self.on_member: Callable[[], None] = lambda: None
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
@@ -283,7 +284,7 @@ class NodeAgent:
 
         def send(node: NodeRecord) -> None:
             try:
-                with peer_client(self.pki, node, timeout=5) as client:
+                with self.pool.client(node, timeout=5) as client:
                     client.request("PUT", "/registry", json=body)
             except CorralError as exc:
                 log.warning("could not tell %s the member list: %s", node.name, exc)
@@ -311,7 +312,7 @@ class NodeAgent:
         """
         self._require_member()
         node = self.registry.get(name)
-        return peer_client(self.pki, node)
+        return self.pool.client(node)
 
     def heartbeat_once(self) -> None:
         """Reconcile VM records with what runs; record this node's facts, then ask every
@@ -321,13 +322,15 @@ class NodeAgent:
         if not self.pki.member:
             return
         self.registry.mark_seen(self.name, self.facts())
-        peers = [n for n in self.registry.list() if n.name != self.name]
+        members = self.registry.list()
+        self.pool.forget({n.name for n in members})  # removed members: close their links
+        peers = [n for n in members if n.name != self.name]
         list(self._peers.map(self._heartbeat_peer, peers))
 
     def _heartbeat_peer(self, node: NodeRecord) -> None:
         timeout = min(2.0, self.settings.heartbeat_interval * 2)
         try:
-            with peer_client(self.pki, node, timeout=timeout) as client:
+            with self.pool.client(node, timeout=timeout) as client:
                 facts = client.get("/facts")
                 if node.holds_ca and int(facts.get("registry_version", 0)) > self.registry.version:
                     # Missed a join or a removal: follow the CA holder's list.
@@ -377,7 +380,7 @@ class NodeAgent:
             if node.name == self.name or not node.online(now, self.settings.offline_after):
                 continue
             try:
-                with peer_client(self.pki, node, timeout=5) as client:
+                with self.pool.client(node, timeout=5) as client:
                     client.get(f"/vms/{vm}")
             except NotFoundError:
                 continue
@@ -388,3 +391,4 @@ class NodeAgent:
 
     def close(self) -> None:
         self._peers.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
