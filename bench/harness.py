@@ -73,6 +73,27 @@ def fmt(s: dict[str, float], unit: str = "", digits: int = 2) -> str:
     return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def cell(values: Sequence[float | None], digits: int = 2, unit: str = "") -> str:
+    """A table cell: `median (min-max), n=K` of what was measured; a value that could not
+    be measured (None) is counted as missing, never as 0; "missing" when none was."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return "missing"
+    text = f"{fmt(spread(found), unit, digits)}, n={len(found)}"
+    lost = len(values) - len(found)
+    return text + (f", {lost} missing" if lost else "")
+
+
+def measured(values: Sequence[float | None], what: str) -> list[float]:
+    """The values of `what` that were measured; a side with none fails loudly.
+
+    :raise RuntimeError: nothing of `what` was measured."""
+    found = [v for v in values if v is not None]
+    if not found:
+        raise RuntimeError(f"{what}: no sample could be measured; refusing to report it")
+    return found
+
+
 def interleaved(
     sides: dict[str, Callable[[int], dict[str, Any]]], runs: int
 ) -> dict[str, list[dict[str, Any]]]:

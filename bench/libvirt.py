@@ -24,14 +24,14 @@ from typing import Any
 from bench.harness import (
     Result,
     bench_lab,
+    cell,
     command_line,
     corral,
     create_vm,
-    fmt,
     image,
     interleaved,
+    measured,
     migrate,
-    spread,
 )
 from corral.lab import netns, reaping
 from corral.lab.image import GuestImage, guest_cmdline
@@ -255,9 +255,9 @@ def run(plan: LabPlan, runs: int) -> Result:
             result.rows.append(
                 {
                     "tool": tool,
-                    "wall": fmt(spread([s["wall_s"] for s in samples])),
-                    "downtime": fmt(spread([s["downtime_ms"] or 0 for s in samples]), digits=0),
-                    "lost": fmt(spread([s["lost"] for s in samples]), digits=0),
+                    "wall": cell(measured([s["wall_s"] for s in samples], f"{tool} wall time")),
+                    "downtime": cell([s["downtime_ms"] for s in samples], digits=0),
+                    "lost": cell([s["lost"] for s in samples], digits=0),
                 }
             )
         result.raw = sides

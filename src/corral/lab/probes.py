@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from corral.errors import EnvironmentProblem
 from corral.lab import netns
 from corral.lab.guest import COUNTER_PORT, Counter, parse_counter
 from corral.lab.plan import LabPlan
@@ -53,16 +54,17 @@ class CounterClient:
         seqs = [c.seq for c in self.counters]
         return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
 
-    def largest_gap(self) -> float:
-        """The longest pause in the guest's uptime between two lines (seconds)."""
-        ups = [c.uptime for c in self.counters]
-        return max((b - a for a, b in itertools.pairwise(ups)), default=0.0)
+    def largest_gap(self) -> float | None:
+        """The longest wait between two lines as the client saw them (seconds, host clock);
+        None when fewer than two lines arrived (nothing was measured)."""
+        return self.largest_arrival_gap()
 
-    def largest_arrival_gap(self, since: float = 0.0) -> float:
+    def largest_arrival_gap(self, since: float = 0.0) -> float | None:
         """The longest wait between two lines as the client saw them (seconds, host clock),
-        among lines that arrived after `since` (a time.monotonic() value)."""
+        among lines that arrived after `since` (a time.monotonic() value); None when fewer
+        than two did."""
         times = [t for t in self.arrived if t >= since]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=None)
 
     def close(self) -> None:
         self.conn.close()
@@ -82,10 +84,12 @@ class PingMeter:
         return cls(proc, interval)
 
     def stop(self) -> tuple[int, int]:
-        """(sent, received)."""
+        """(sent, received).
+
+        :raise EnvironmentProblem: ping printed no summary (nothing was measured)."""
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=10)
         match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         if match is None:
-            return 0, 0
+            raise EnvironmentProblem(f"ping printed no summary: {out.strip()[-200:]!r}")
         return int(match.group(1)), int(match.group(2))
