@@ -5,6 +5,7 @@ fails loudly; the probes say "not measured" rather than 0."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from bench.harness import cell, measured
@@ -34,9 +35,24 @@ def test_a_stream_with_under_two_lines_has_no_gap() -> None:
     assert stream.largest_arrival_gap(since=5.05) == pytest.approx(0.5)
 
 
+# Stands for a ping that stops on SIGINT without its summary; it sets its own handler, as
+# ping does, since a process started in the background may inherit SIGINT ignored.
+SILENT = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
 def test_a_ping_without_its_summary_is_not_zero_lost() -> None:
     quiet = subprocess.Popen(
-        ["sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", SILENT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    assert quiet.stdout is not None
+    assert quiet.stdout.readline().strip() == "ready"  # its handler is in place
     with pytest.raises(EnvironmentProblem, match="ping printed no summary"):
         PingMeter(quiet, 0.01).stop()
