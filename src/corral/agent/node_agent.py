@@ -225,11 +225,6 @@ class NodeAgent:
             raise AccessDenied(
                 f"address: the join claims {request.address} but came from {came_from}"
             )
-        for node in self.registry.list():
-            if node.name == request.node_name:
-                raise ConflictError(f"node_name: {request.node_name!r} is already a member")
-            if node.address == request.address:
-                raise ConflictError(f"address: {request.address} is member {node.name}'s")
         ca = ClusterCA.load(self.pki)
         cert = ca.sign(request.csr.encode(), request.node_name, request.address)
         new = Member(
@@ -239,7 +234,9 @@ class NodeAgent:
             time.time(),
             fingerprint(cert),
         )
-        with self.db.transaction() as conn:  # the token is spent only with the admission
+        # The member list refuses a name or an address that is a member's (409); the token is
+        # spent only with the admission, so a refused join keeps it.
+        with self.db.transaction() as conn:
             consume_token(self.db, request.token_id, request.secret, request.node_name, conn=conn)
             self.registry.admit(new, request.facts, conn=conn)
         self.push_registry(skip={self.name, new.name})

@@ -138,13 +138,15 @@ class NodeRegistry:
             ).fetchone():
                 raise ConflictError(f"the certificate of {member.name} was revoked")
             clash = conn.execute(
-                "SELECT name FROM nodes WHERE name = ? OR address = ? OR fingerprint = ?",
+                "SELECT name, address FROM nodes WHERE name = ? OR address = ? OR fingerprint = ?",
                 (member.name, member.address, member.fingerprint),
             ).fetchone()
             if clash is not None:
-                raise ConflictError(
-                    f"{member.name} ({member.address}) clashes with member {clash['name']}"
-                )
+                if clash["name"] == member.name:
+                    raise ConflictError(f"node_name: {member.name!r} is already a member")
+                if clash["address"] == member.address:
+                    raise ConflictError(f"address: {member.address} is member {clash['name']}'s")
+                raise ConflictError(f"the certificate of {member.name} is {clash['name']}'s")
             self._insert(conn, member, facts)
             return self._bump(conn)
 

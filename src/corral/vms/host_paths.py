@@ -13,28 +13,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corral.errors import UserInputError
-from corral.model import VmSpec
+from corral.model import BootSpec, VmSpec
 from corral.vms.specs import VmRequest
 
 
-def request_paths(request: VmRequest) -> list[tuple[str, Path]]:
-    """(field, path) of every host file a VM request names."""
-    named = [(f"disks.{i}.path", d.path) for i, d in enumerate(request.disks) if d.path]
-    if request.boot is not None:
-        named.append(("boot.kernel", request.boot.kernel))
-        if request.boot.initrd is not None:
-            named.append(("boot.initrd", request.boot.initrd))
+def _named(disks: Sequence[Path | None], boot: BootSpec | None) -> list[tuple[str, Path]]:
+    named = [(f"disks.{i}.path", path) for i, path in enumerate(disks) if path is not None]
+    if boot is not None:
+        named.append(("boot.kernel", boot.kernel))
+        if boot.initrd is not None:
+            named.append(("boot.initrd", boot.initrd))
     return named
+
+
+def request_paths(request: VmRequest) -> list[tuple[str, Path]]:
+    """(field, path) of every host file a VM request names (new disks name none)."""
+    return _named([d.path for d in request.disks], request.boot)
 
 
 def spec_paths(spec: VmSpec) -> list[tuple[str, Path]]:
     """(field, path) of every host file a resolved spec uses."""
-    named = [(f"disks.{i}.path", d.path) for i, d in enumerate(spec.disks)]
-    if spec.boot is not None:
-        named.append(("boot.kernel", spec.boot.kernel))
-        if spec.boot.initrd is not None:
-            named.append(("boot.initrd", spec.boot.initrd))
-    return named
+    return _named([d.path for d in spec.disks], spec.boot)
 
 
 def _real(path: Path) -> Path:
