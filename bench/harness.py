@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import config
+from corral.client import AgentClient
 from corral.lab import agents
 from corral.lab.image import GuestImage, GuestImageBuilder, guest_cmdline
 from corral.lab.lifecycle import lab_down, lab_up
@@ -215,6 +216,25 @@ def migrate(node: LabNode, vm: str, target: str, *args: str) -> tuple[float, dic
     if code != 0:
         raise RuntimeError(f"corral migrate {vm} {target}: {err}")
     return wall, lines[-1]
+
+
+def migrate_api(node: LabNode, vm: str, target: str, *, tls: bool) -> tuple[float, dict[str, Any]]:
+    """The migration as a program already running asks for it (a web page, a script, an
+    orchestrator): `POST /v1/migrations` on the node's socket, then its task followed as the
+    agent streams it. No process start, no CLI: the control plane's own time. It must
+    succeed: the wall time and the summary."""
+    with AgentClient(socket_path=agents.agent_socket(node)) as client:
+        t0 = time.monotonic()
+        started = client.post("/migrations", {"vm": vm, "target": target, "insecure": not tls})
+        task = client.follow_task(
+            started["task"]["id"],
+            lambda t: t if t["state"] in ("succeeded", "failed", "cancelled") else None,
+            timeout=900,
+        )
+        wall = time.monotonic() - t0
+    if task["state"] != "succeeded":
+        raise RuntimeError(f"migration of {vm} to {target} {task['state']}: {task['error']}")
+    return wall, task["result"]
 
 
 def journal_phases(node: LabNode, migration_id: str) -> dict[str, float]:

@@ -14,14 +14,15 @@ from bench.floor import FloorVm
 from bench.harness import (
     Result,
     bench_lab,
+    cell,
     command_line,
     corral,
     create_vm,
-    fmt,
     image,
     interleaved,
     journal_phases,
     migrate,
+    migrate_api,
     spread,
 )
 from corral.lab.plan import LabPlan
@@ -45,6 +46,15 @@ class Case:
         phases = journal_phases(self.plan.nodes[src], summary["migration_id"])
         return {"wall_s": wall, "qemu_ms": summary["qemu_total_ms"], "phases": phases}
 
+    def api_side(self, _: int) -> dict[str, Any]:
+        src = self.corral_node
+        wall, summary = migrate_api(
+            self.plan.nodes[src], self.vm, self.plan.nodes[1 - src].name, tls=self.tls
+        )
+        self.corral_node = 1 - src
+        phases = journal_phases(self.plan.nodes[src], summary["migration_id"])
+        return {"wall_s": wall, "qemu_ms": summary["qemu_total_ms"], "phases": phases}
+
     def floor_side(self, _: int) -> dict[str, Any]:
         out = self.floor.migrate(tls=self.tls)
         return {"wall_s": out["wall_s"], "qemu_ms": out["info"]["total-time"]}
@@ -57,18 +67,24 @@ def run(plan: LabPlan, runs: int, sizes: list[int]) -> Result:
         "Orchestration overhead: corral migrate against QMP by hand",
         "Wall time of one live migration of an idle test guest between the two lab nodes."
         " *floor*: bench/floor.py starts the target QEMU with `-incoming defer`, sets the"
-        " same capabilities and parameters corral sets, runs `migrate` and polls"
-        " `query-migrate` every 50 ms until the target runs. *corral*: `corral migrate VM"
-        " NODE --json` as a user runs it (Python CLI start, local agent, deferred receive task"
-        " on the target, preflight, policy loop, handoff). Sides interleaved; median"
-        " (min-max) over the runs.",
+        " same capabilities and parameters corral sets, runs `migrate`, polls"
+        " `query-migrate` every 50 ms until it completes, waits for the target to run and"
+        " stops the source's QEMU (and deletes its tap). *corral API*: what a program already"
+        " running sees (a web page, a script): `POST /v1/migrations` on the source's"
+        " socket, then the task followed as the agent streams it (preflight, deferred receive"
+        " task on the target, policy loop, handoff, the source stopped). *corral CLI*: `corral"
+        " migrate VM NODE --json` as a user runs it: the same plus a Python process that"
+        " starts (interpreter, typer, httpx). The three sides interleaved; each cell is"
+        " median (min-max), n runs; extra = median - the floor's median.",
         [
             ("memory", "guest"),
             ("tls", "TLS"),
             ("floor", "floor s"),
-            ("corral", "corral s"),
-            ("ratio", "corral / floor"),
-            ("extra", "extra s"),
+            ("api", "corral API s"),
+            ("corral", "corral CLI s"),
+            ("api_extra", "API extra s"),
+            ("extra", "CLI extra s"),
+            ("ratio", "CLI / floor"),
             ("qemu_floor", "QEMU total ms, floor"),
             ("qemu_corral", "QEMU total ms, corral"),
         ],
@@ -81,19 +97,27 @@ def run(plan: LabPlan, runs: int, sizes: list[int]) -> Result:
         try:
             for tls in (False, True):
                 case.tls = tls
-                sides = interleaved({"floor": case.floor_side, "corral": case.corral_side}, runs)
+                sides = interleaved(
+                    {"floor": case.floor_side, "api": case.api_side, "corral": case.corral_side},
+                    runs,
+                )
                 f = spread([s["wall_s"] for s in sides["floor"]])
+                a = spread([s["wall_s"] for s in sides["api"]])
                 c = spread([s["wall_s"] for s in sides["corral"]])
                 result.rows.append(
                     {
                         "memory": f"{memory} MiB",
                         "tls": "on" if tls else "off",
-                        "floor": fmt(f),
-                        "corral": fmt(c),
-                        "ratio": f"{c['median'] / f['median']:.2f}",
+                        "floor": cell([s["wall_s"] for s in sides["floor"]]),
+                        "api": cell([s["wall_s"] for s in sides["api"]]),
+                        "corral": cell([s["wall_s"] for s in sides["corral"]]),
+                        "api_extra": f"{a['median'] - f['median']:+.2f}",
                         "extra": f"{c['median'] - f['median']:+.2f}",
+                        "ratio": f"{c['median'] / f['median']:.2f}",
                         "qemu_floor": statistics.median(s["qemu_ms"] for s in sides["floor"]),
-                        "qemu_corral": statistics.median(s["qemu_ms"] for s in sides["corral"]),
+                        "qemu_corral": statistics.median(
+                            s["qemu_ms"] for s in sides["corral"] + sides["api"]
+                        ),
                     }
                 )
                 result.raw[f"{memory}-{'tls' if tls else 'plain'}"] = sides

@@ -7,13 +7,19 @@ Must never import: agent, cli, lab, or the layers below (it speaks HTTP only).
 
 from __future__ import annotations
 
+import json
 import ssl
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from corral.api_errors import Unreachable, raise_for_response
+from corral.errors import WaitTimeout
+
+T = TypeVar("T")
 
 NODE_HEADER = "x-corral-node"
 DEFAULT_SOCKET = Path("/run/corral/agent.sock")
@@ -40,7 +46,9 @@ class AgentClient:
         self._owns_http = True
         if socket_path is not None:
             self.where = str(socket_path)
-            transport = httpx.HTTPTransport(uds=str(socket_path))
+            # No TLS on a unix socket: without verify=False the transport would load the
+            # system's CA bundle anyway (30-60 ms at every CLI start).
+            transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
             self.http = httpx.Client(
                 transport=transport,
                 base_url="http://corral-agent",
@@ -97,6 +105,60 @@ class AgentClient:
 
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params=params)
+
+    def stream(
+        self, path: str, *, timeout: float, params: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The records a streaming route sends (server-sent events: each `data:` line is one
+        JSON record), as they come, until the route ends the stream.
+
+        :raise Unreachable: no agent answered, or the stream broke.
+        :raise WaitTimeout: still streaming after `timeout` seconds.
+        :raise CorralError: the agent answered with an error.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            with self.http.stream(
+                "GET",
+                f"/v1{path}",
+                params=params,
+                headers={"accept": "text/event-stream"},
+                # The route sends a keep-alive line every few seconds.
+                timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 30.0)),
+                extensions=self.extensions,
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_response(response)
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        yield json.loads(line[5:])
+                    if time.monotonic() > deadline:
+                        raise WaitTimeout(f"{path} still streams after {timeout:g}s")
+        except httpx.TransportError as exc:
+            raise Unreachable(f"the stream from {self.where} broke: {exc}") from exc
+        except RuntimeError as exc:  # httpx: a pooled client closed meanwhile
+            raise Unreachable(f"the connection to {self.where} was closed: {exc}") from exc
+
+    def follow_task(
+        self,
+        task_id: str,
+        until: Callable[[dict[str, Any]], T | None],
+        *,
+        timeout: float,
+        phase: str | None = None,
+    ) -> T:
+        """Follow task `task_id` as it changes until `until(task)` says something (not None);
+        `phase`: the stream may end at that progress phase.
+
+        :raise WaitTimeout: `until` said nothing within `timeout` seconds.
+        """
+        params = {"phase": phase} if phase else None
+        for task in self.stream(f"/tasks/{task_id}/watch", timeout=timeout, params=params):
+            found = until(task)
+            if found is not None:
+                return found
+        raise WaitTimeout(f"task {task_id} ended without what was awaited")
 
     def view(self, timeout: float) -> AgentClient:
         """This client's connections, with another default timeout; closing the view

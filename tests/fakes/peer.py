@@ -4,11 +4,14 @@ migration completed), and the runtime routes recovery asks."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from corral.errors import NotFoundError
+from corral.errors import NotFoundError, WaitTimeout
 from corral.hypervisors.base import MigrationState, RunState
 from tests.fakes.driver import FakeDriver
+
+T = TypeVar("T")
 
 
 class FakePeer:
@@ -31,6 +34,14 @@ class FakePeer:
             elif self.source.migration == MigrationState.COMPLETED:
                 self.task["state"], self.runs = "succeeded", RunState.RUNNING
         return self.task
+
+    def follow_task(self, task_id: str, until: Callable[[dict[str, Any]], T | None], **_: Any) -> T:
+        """The task's stream: its record as it is each time it is looked at."""
+        for _look in range(1000):
+            found = until(self._task())
+            if found is not None:
+                return found
+        raise WaitTimeout(f"task {task_id} never gave what was awaited")
 
     def get(self, path: str, **_: Any) -> Any:
         if path.startswith("/tasks/"):

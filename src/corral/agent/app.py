@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from corral import __version__
@@ -34,6 +34,7 @@ from corral.agent.api_models import (
     TokenAnswer,
     TokenRequest,
 )
+from corral.agent.forward_stream import forward_stream
 from corral.agent.http_guards import (
     API_BODY_LIMIT,
     JOIN_BODY_LIMIT,
@@ -44,6 +45,7 @@ from corral.agent.http_guards import (
 from corral.agent.node_agent import NodeAgent
 from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
+from corral.agent.task_stream import MEDIA_TYPE, task_events
 from corral.api_errors import AccessDenied, error_body, status_for
 from corral.client import NODE_HEADER
 from corral.errors import CorralError, EnvironmentProblem
@@ -138,6 +140,8 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
         if "content-type" in request.headers:
             headers["content-type"] = request.headers["content-type"]
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if MEDIA_TYPE in request.headers.get("accept", ""):
+            return await forward_stream(client, target, path)
         try:
             answer = await run_in_threadpool(
                 client.http.request,
@@ -279,6 +283,21 @@ def _task_routes(app: FastAPI, agent: NodeAgent) -> None:
     def get_task(task_id: TaskId) -> dict[str, Any]:
         """One task: state, progress, result or error, and its history."""
         return agent.tasks.get(task_id).to_json()
+
+    @app.get("/v1/tasks/{task_id}/watch", tags=["tasks"], dependencies=member)
+    async def watch_task(
+        task_id: TaskId,
+        phase: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> StreamingResponse:
+        """The task now and after every change, as server-sent events (`event: task`, one
+        JSON record per `data:` line), until it finishes, or until its progress shows
+        `phase`; a comment line every few seconds keeps the link alive."""
+        await run_in_threadpool(agent.tasks.get, task_id)  # 404 before the stream starts
+        return StreamingResponse(
+            task_events(agent.tasks, task_id, phase),
+            media_type=MEDIA_TYPE,
+            headers={"cache-control": "no-cache"},
+        )
 
     @app.get("/v1/tasks/{task_id}/log", tags=["tasks"], dependencies=member)
     def task_log(task_id: TaskId, offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:

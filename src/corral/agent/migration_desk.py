@@ -12,6 +12,7 @@ from corral.agent.node_agent import NodeAgent
 from corral.client import AgentClient
 from corral.cluster.peer_client import peer_client
 from corral.errors import CorralError, NotFoundError
+from corral.migration.estimate import HISTORY, PastMigration
 from corral.migration.operations import MigrationDesk
 from corral.migration.options import MIB
 from corral.migration.preflight import NodeView
@@ -131,6 +132,24 @@ def migrating(agent: NodeAgent, vm: str) -> str | None:
     return None
 
 
+def history(agent: NodeAgent, target: str, tls: bool) -> list[PastMigration]:
+    """What the last successful migrations from here to `target` with the same stream
+    achieved, newest first (their tasks' summaries)."""
+    found = []
+    for task in agent.tasks.recent({TaskState.SUCCEEDED}, limit=500):
+        summary = task.result or {}
+        if task.kind != "migration.send" or summary.get("target") != target:
+            continue
+        if bool(summary.get("tls")) != tls:
+            continue
+        past = PastMigration.from_summary(summary)
+        if past is not None:
+            found.append(past)
+        if len(found) >= HISTORY:
+            break
+    return found
+
+
 def desk(agent: NodeAgent) -> MigrationDesk:
     """This node's migration use cases (migration/operations.py), wired to the node."""
     return MigrationDesk(
@@ -140,4 +159,5 @@ def desk(agent: NodeAgent) -> MigrationDesk:
         task_alive=lambda task_id: not agent.tasks.get(task_id).state.finished,
         cancel_task=lambda task_id: agent.tasks.request_cancel(task_id).to_json(),
         probe_link=lambda target: probe_bandwidth(agent, target),
+        history=lambda target, tls: history(agent, target, tls),
     )

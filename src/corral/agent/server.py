@@ -128,6 +128,7 @@ class AgentServer:
             return_when=asyncio.FIRST_COMPLETED,
         )
         log.info("agent %s stopping", self.agent.name)
+        self.agent.tasks.changes.close()  # open task streams end, so the servers can
         for server in self.servers:
             server.should_exit = True
         self._heartbeat_stop.set()

@@ -13,9 +13,13 @@ from corral.cli.format import ago, mib
 from corral.cli.output import console, print_json
 
 cluster_app = typer.Typer(
-    help="Create a cluster and see this node's membership.", no_args_is_help=True
+    help="Create a cluster and see this node's membership.",
+    no_args_is_help=True,
+    add_completion=False,
 )
-node_app = typer.Typer(help="Add, list and remove the cluster's nodes.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="Add, list and remove the cluster's nodes.", no_args_is_help=True, add_completion=False
+)
 
 
 @cluster_app.command("init")

@@ -3,18 +3,17 @@ programs, and an exit code that says how it ended."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from corral.api_errors import Unreachable
 from corral.cli.format import progress_text
 from corral.cli.output import console
 from corral.client import AgentClient
 from corral.errors import CorralError
 from corral.tasks.states import TaskState
-from corral.waiting import WaitTimeout
 
 FINISHED = {state.value for state in TaskState if state.finished}
 EXIT_BY_STATE = {
@@ -42,19 +41,19 @@ def follow_task(
     *,
     quiet: bool = False,
     timeout: float = 3600.0,
-    interval: float = 0.2,
 ) -> dict[str, Any]:
-    """Poll `task` until it finishes; show its progress unless `quiet`.
+    """Follow `task` as it changes (the agent streams it) until it finishes; show its
+    progress unless `quiet`.
 
     :raise TaskEnded: it failed, was cancelled or interrupted.
     :raise WaitTimeout: it is still running after `timeout`.
     """
-    deadline = time.monotonic() + timeout
     task_id = task["id"]
+    path = f"/tasks/{task_id}/watch"
+    last = task
     if quiet:
-        while task["state"] not in FINISHED and time.monotonic() < deadline:
-            time.sleep(interval)
-            task = client.get(f"/tasks/{task_id}")
+        for update in client.stream(path, timeout=timeout):
+            last = update
     else:
         with Progress(
             SpinnerColumn(),
@@ -66,21 +65,29 @@ def follow_task(
             transient=True,
         ) as bar:
             row = bar.add_task(f"{task['kind']} {task_id}", total=None, info="")
-            while task["state"] not in FINISHED and time.monotonic() < deadline:
-                p = task["progress"]
+            for update in client.stream(path, timeout=timeout):
+                last = update
+                p = update["progress"]
                 bar.update(
                     row,
                     total=p.get("total"),
                     completed=p.get("done", 0),
-                    info=progress_text(p) or task["state"],
+                    info=progress_text(p) or update["state"],
                 )
-                time.sleep(interval)
-                task = client.get(f"/tasks/{task_id}")
+    ended_stream(last)
+    if last["state"] != "succeeded":
+        raise TaskEnded(last)
+    return last
+
+
+def ended_stream(task: dict[str, Any]) -> None:
+    """:raise Unreachable: the agent ended the task's stream before the task finished (it
+    is stopping)."""
     if task["state"] not in FINISHED:
-        raise WaitTimeout(f"task {task_id} is still {task['state']} after {timeout:g}s")
-    if task["state"] != "succeeded":
-        raise TaskEnded(task)
-    return task
+        raise Unreachable(
+            f"the agent stopped streaming task {task['id']} while it is {task['state']}"
+            f" (is the agent stopping?): follow it with 'corral task show {task['id']}'"
+        )
 
 
 def exit_for(task: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from corral.lab.plan import LabConfig
 lab_app = typer.Typer(
     help="A whole cluster on this machine, in network namespaces, for demos and tests.",
     no_args_is_help=True,
+    add_completion=False,
 )
 
 RootOption = Annotated[

@@ -9,35 +9,29 @@ interrupted; 130 interrupted.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from corral import __version__
-from corral.cli.agent_command import agent_command
-from corral.cli.cluster_commands import cluster_app, node_app
-from corral.cli.lab_commands import lab_app
-from corral.cli.migrate_command import migrate_command
-from corral.cli.migration_history import migrations_app
+from corral.cli.lazy_group import LazyGroup
 from corral.cli.output import fail
-from corral.cli.task_commands import task_app
-from corral.cli.vm_commands import checkpoint_app, vm_app
 from corral.errors import CorralError
 
 app = typer.Typer(
     name="corral",
+    cls=LazyGroup,  # each command's module is imported when that command runs
     help="corral: a cluster manager for virtual machines, built for live migration.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("agent")(agent_command)
-app.command("migrate")(migrate_command)
-app.add_typer(migrations_app, name="migrations")
-app.add_typer(cluster_app, name="cluster")
-app.add_typer(node_app, name="node")
-app.add_typer(task_app, name="task")
-app.add_typer(vm_app, name="vm")
-app.add_typer(checkpoint_app, name="checkpoint")
-app.add_typer(lab_app, name="lab")
+
+
+@app.callback()
+def root() -> None:
+    """corral: a cluster manager for virtual machines, built for live migration."""
 
 
 @app.command()
@@ -46,7 +40,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
+def run() -> None:
     """Run the CLI; a corral error becomes a message and its exit code, not a traceback."""
     try:
         app()
@@ -54,3 +48,28 @@ def main() -> None:
         fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The process's exit status for `exc` (a message is printed, as Python would)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    """The `corral` command. Its output flushed, the process ends at once: tearing down the
+    interpreter (every module's objects freed one by one) took ~0.1 s after the answer was
+    printed, and nothing of the CLI's needs it (no atexit handler, files closed by `with`)."""
+    code = 0
+    try:
+        run()
+    except SystemExit as exc:
+        code = exit_code(exc)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
-from corral.cli.follow import FINISHED, TaskEnded
+from corral.cli.follow import FINISHED, TaskEnded, ended_stream
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
 from corral.errors import UserInputError
@@ -49,21 +48,22 @@ def _info(p: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-FOLLOW_INTERVAL = 0.1  # seconds between looks at the task (a local unix-socket request)
+FOLLOW_TIMEOUT = 7 * 24 * 3600.0  # the migration's own timeouts end it long before
 
 
 def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool) -> dict[str, Any]:
-    task_id = task["id"]
+    """Follow the migration task as the agent streams it (every change, at once)."""
+    updates = client.stream(f"/tasks/{task['id']}/watch", timeout=FOLLOW_TIMEOUT)
+    last = task
     if json_lines:
-        last = None
-        while task["state"] not in FINISHED:
-            if task["progress"] != last:
-                last = task["progress"]
-                sys.stdout.write(json.dumps({"event": "progress", **last}) + "\n")
+        shown = None
+        for last in updates:
+            if last["progress"] != shown and last["state"] not in FINISHED:
+                shown = last["progress"]
+                sys.stdout.write(json.dumps({"event": "progress", **shown}) + "\n")
                 sys.stdout.flush()
-            time.sleep(FOLLOW_INTERVAL)
-            task = client.get(f"/tasks/{task_id}")
-        return task
+        ended_stream(last)
+        return last
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.fields[phase]:<10}"),
@@ -76,25 +76,20 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
     ) as bar:
         row = bar.add_task("migrate", total=None, phase="preflight", info="")
         shown = ""
-        while task["state"] not in FINISHED:
-            p = task["progress"]
+        for last in updates:
+            p = last["progress"]
             bar.update(
                 row,
                 total=p.get("total") or None,
                 completed=p.get("done", 0),
-                phase=p.get("phase", task["state"]),
+                phase=p.get("phase", last["state"]),
                 info=_info(p),
             )
             if p.get("last_action") and p["last_action"] != shown:
                 shown = p["last_action"]
                 bar.console.print(f"[yellow]policy:[/] {shown}")
-            time.sleep(FOLLOW_INTERVAL)
-            task = client.get(f"/tasks/{task_id}")
-        p = task["progress"]
-        bar.update(
-            row, completed=p.get("done", 0), phase=p.get("phase", task["state"]), info=_info(p)
-        )
-    return task
+    ended_stream(last)
+    return last
 
 
 def print_migration_summary(result: dict[str, Any]) -> None:
@@ -139,17 +134,31 @@ def _plan_output(plan: dict[str, Any]) -> None:
             f" id {str(info['id'])[:8]})",
             markup=False,
         )
+    if est.get("to_send_bytes") is not None:
+        console.print(
+            f"  to send           {_size(est['to_send_bytes'])} (what the guest has touched)"
+        )
     if "dirty_rate_bytes" in est:
         console.print(
             f"  dirty rate        {est['dirty_rate_bytes'] / MIB:.1f} MiB/s (calc-dirty-rate, 1 s)"
         )
     if est.get("bandwidth_bytes_per_s"):
         console.print(
-            f"  bandwidth         {est['bandwidth_bytes_per_s'] / MIB:.0f} MiB/s"
-            f" (link {est.get('link_bytes_per_s', 0) / MIB:.0f} MiB/s)"
+            f"  stream rate       {est['bandwidth_bytes_per_s'] / MIB:.0f} MiB/s, from"
+            f" {est.get('basis', 'the link probe')}",
+            markup=False,
+        )
+    if est.get("link_bytes_per_s"):
+        console.print(
+            f"  link probe        {est['link_bytes_per_s'] / MIB:.0f} MiB/s (agent to agent)"
         )
     if "converges" in est:
-        when = f"in about {est['expected_s']} s" if est["converges"] else "no"
+        if not est["converges"]:
+            when = "no"
+        elif est.get("fixed_s") is None:
+            when = f"copy in about {est['copy_s']} s (+ start and switchover: not known yet)"
+        else:
+            when = f"in about {est['expected_s']} s (copy {est['copy_s']} + {est['fixed_s']} s)"
         console.print(
             f"  converges         {when} (downtime up to {est['max_downtime_ms']}"
             f" ms, timeout {est['timeout_s']:.0f} s)"

@@ -14,7 +14,7 @@ from corral.cli.output import console, print_json
 from corral.errors import NotFoundError
 
 migrations_app = typer.Typer(
-    help="The journals of past and running migrations.", no_args_is_help=True
+    help="The journals of past and running migrations.", no_args_is_help=True, add_completion=False
 )
 
 

@@ -18,7 +18,9 @@ from corral.errors import UserInputError
 from corral.tasks.states import TaskState
 
 task_app = typer.Typer(
-    help="Deferred tasks: list, inspect, follow and cancel them.", no_args_is_help=True
+    help="Deferred tasks: list, inspect, follow and cancel them.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 TaskIdArg = Annotated[str, typer.Argument(help="The task's id (12 hex digits).")]
 

@@ -16,9 +16,13 @@ from corral.cli.format import ago, mib
 from corral.cli.output import console, print_json
 from corral.errors import UserInputError
 
-vm_app = typer.Typer(help="Create, run and inspect VMs.", no_args_is_help=True)
+vm_app = typer.Typer(
+    help="Create, run and inspect VMs.", no_args_is_help=True, add_completion=False
+)
 checkpoint_app = typer.Typer(
-    help="Save a running VM's state and bring it back later.", no_args_is_help=True
+    help="Save a running VM's state and bring it back later.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 VmArg = Annotated[str, typer.Argument(help="The VM's name.")]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Queue the task and print it.")]

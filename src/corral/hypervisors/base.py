@@ -7,6 +7,7 @@ Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -319,6 +320,12 @@ class MigrationDriver(HypervisorDriver):
     @abstractmethod
     def migration_status(self, layout: VmLayout) -> MigrationStatus: ...
 
+    def migration_wait(self, layout: VmLayout, timeout: float) -> None:
+        """Either side: return when the migration may have changed since the last
+        `migration_status` or `migration_incoming_done` (the hypervisor said so), or after
+        `timeout` seconds. A hypervisor that says nothing simply waits `timeout`."""
+        time.sleep(timeout)
+
     @abstractmethod
     def migration_tune(
         self,
@@ -347,6 +354,12 @@ class MigrationDriver(HypervisorDriver):
     @abstractmethod
     def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
         """Source: the guest's dirty rate in MiB/s, measured over `seconds`."""
+
+    def resident_guest_bytes(self, layout: VmLayout, ram_bytes: int) -> int | None:
+        """Source: how much of the guest's RAM the host holds now (pages the guest never
+        touched are not resident, and a migration sends them as zero pages, at almost no
+        cost); None when this hypervisor cannot say."""
+        return None
 
     def migration_finalize_source(
         self, spec: VmSpec | None, layout: VmLayout, *, success: bool

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
-from corral.migration import policy
+from corral.migration.estimate import PastMigration, estimate
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.orchestrator import PreflightFailed, check, hold_reason
@@ -38,6 +38,8 @@ class MigrationDesk:
     cancel_task: Callable[[str], dict[str, Any]]
     # Bytes per second from a member to here over the cluster's link.
     probe_link: Callable[[str], float]
+    # What the last migrations from here to a node achieved, newest first: (target, tls).
+    history: Callable[[str, bool], list[PastMigration]] = lambda _target, _tls: []
 
     def start(self, opts: MigrationOptions, owner: str) -> dict[str, Any]:
         """Preflight, refusing with every reason; then the migration task, with the VM held
@@ -109,12 +111,17 @@ class MigrationDesk:
             with contextlib.suppress(CorralError, OSError):
                 link = self.probe_link(opts.target)
                 found["link_bytes_per_s"] = round(link)
-        found |= policy.estimate(
+        resident = None
+        with contextlib.suppress(CorralError, OSError):
+            resident = services.driver.resident_guest_bytes(services.vms.layout(opts.vm), ram)
+        found |= estimate(
             ram,
             limits,
+            resident_bytes=resident,
             dirty_bytes_per_s=dirty,
             link_bytes_per_s=link,
             bandwidth_cap_bytes_per_s=opts.bandwidth_mib * MIB,
+            past=self.history(opts.target, not opts.insecure),
         )
         answer["estimate"] = found
         return answer

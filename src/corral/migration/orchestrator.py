@@ -143,32 +143,30 @@ class SourceMigration:
         ).model_dump(mode="json")
         with self.services.peer(self.opts.target) as client:
             task = client.post("/tasks", {"kind": "migration.receive", "args": args})
-        self.dest_task = str(task["id"])
+        dest_task = self.dest_task = str(task["id"])
 
-        def listening() -> dict[str, Any] | None:
-            t = self._dest(f"/tasks/{self.dest_task}")
+        def listening(t: dict[str, Any]) -> dict[str, Any] | None:
             if TaskState(t["state"]).finished:
                 raise MigrationFailed(f"the target's receive task {t['state']}: {t['error']}")
             return t["progress"] if t["progress"].get("phase") == "listening" else None
 
-        ready = wait_for(
-            listening,
-            timeout=DEST_READY_TIMEOUT,
-            interval=0.05,
-            what=f"{self.opts.target} to listen",
-        )
+        # Followed as it changes (the target streams it): no polling delay.
+        with self.services.peer(self.opts.target) as client:
+            ready = client.follow_task(
+                dest_task, listening, timeout=DEST_READY_TIMEOUT, phase="listening"
+            )
         return str(ready["address"]), int(ready["port"])
 
     def _dest_outcome(self) -> str:
         """The receive task's state once it finishes (the target runs the VM on success)."""
 
-        def finished() -> str | None:
-            state = TaskState(self._dest(f"/tasks/{self.dest_task}")["state"])
+        def finished(t: dict[str, Any]) -> str | None:
+            state = TaskState(t["state"])
             return state.value if state.finished else None
 
-        return wait_for(
-            finished, timeout=DEST_FINISH_TIMEOUT, interval=0.05, what="the target to run the VM"
-        )
+        assert self.dest_task is not None
+        with self.services.peer(self.opts.target) as client:
+            return client.follow_task(self.dest_task, finished, timeout=DEST_FINISH_TIMEOUT)
 
     # -- transfer --------------------------------------------------------------------------
 
@@ -255,7 +253,8 @@ class SourceMigration:
             state, actions = policy.decide(state, sample, limits)
             self._apply(actions)
             self._report(sample, state)
-            self.services.sleep(self.services.poll_interval)
+            # Until QEMU's next event (a new pass, completed, failed) or the poll interval.
+            self.services.driver.migration_wait(layout, self.services.poll_interval)
 
     def _watch_target(self) -> None:
         """The target lost, before switchover: one place decides it, and the migration

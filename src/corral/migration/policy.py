@@ -169,7 +169,8 @@ def converges(
     """Whether pre-copy converges under these numbers, and the expected time if it does.
 
     Each iteration resends what was dirtied during the previous one; it converges when what
-    is left fits in the downtime: the geometric series of ratio dirty/bandwidth."""
+    is left fits in the downtime (the geometric series of ratio dirty/bandwidth), and the
+    last piece is sent with the guest paused."""
     if bandwidth_bytes_per_s <= 0:
         return False, None
     ratio = dirty_bytes_per_s / bandwidth_bytes_per_s
@@ -182,28 +183,4 @@ def converges(
         total += duration
         remaining = dirty_bytes_per_s * duration
         rounds += 1
-    return True, total + downtime_ms / 1000
-
-
-def estimate(
-    ram_bytes: int,
-    limits: PolicyLimits,
-    *,
-    dirty_bytes_per_s: float | None,
-    link_bytes_per_s: float | None,
-    bandwidth_cap_bytes_per_s: float = 0,
-) -> dict[str, object]:
-    """What `migrate --plan` predicts from the numbers it measured: the bandwidth the stream
-    gets (the link, capped by `--bandwidth`), whether pre-copy converges, and how long it
-    should take. A number that was not measured is left out, never guessed."""
-    usable = [x for x in (link_bytes_per_s or 0, bandwidth_cap_bytes_per_s) if x > 0]
-    bandwidth = min(usable) if usable else 0.0
-    found: dict[str, object] = {"bandwidth_bytes_per_s": round(bandwidth)}
-    if bandwidth and dirty_bytes_per_s is not None:
-        ok, seconds = converges(ram_bytes, dirty_bytes_per_s, bandwidth, limits.max_downtime_ms)
-        found["converges"] = ok
-        found["expected_s"] = round(seconds, 2) if seconds is not None else None
-        found["within_timeout"] = (
-            ok and seconds is not None and seconds <= limits.completion_timeout_s
-        )
-    return found
+    return True, total + remaining / bandwidth_bytes_per_s

@@ -8,6 +8,7 @@ here and is recorded as this node's. Cancelled or failed, it leaves nothing behi
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from corral.tasks.runner import TaskCancelled, TaskContext
 from corral.tasks.store import Task
 from corral.vms.directories import NodeDirectories
 from corral.vms.service import VmService
-from corral.waiting import WaitTimeout, wait_for
+from corral.waiting import WaitTimeout
 
 
 @dataclass
@@ -100,17 +101,17 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         ctx.log(f"listening on {services.address}:{port} (tls={tls_dir is not None})")
         ctx.progress(phase="listening", address=services.address, port=port)
 
-        def arrived() -> bool:
+        deadline = time.monotonic() + args.timeout_s
+        while not services.driver.migration_incoming_done(layout):
             if ctx.cancel_requested:
                 raise TaskCancelled()
-            return services.driver.migration_incoming_done(layout)
-
-        wait_for(
-            arrived,
-            timeout=args.timeout_s,
-            interval=0.05,
-            what=f"{spec.name} to arrive from {args.source}",
-        )
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"timed out after {args.timeout_s:g}s waiting for {spec.name} to arrive"
+                    f" from {args.source}"
+                )
+            # Until the hypervisor's next event (the VM resumed here), at most 0.25 s.
+            services.driver.migration_wait(layout, 0.25)
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
         services.driver.migration_finalize_target(spec, layout, success=False)
         if ctx.cancel_requested and not isinstance(exc, TaskCancelled):

@@ -41,7 +41,8 @@ class TaskContext:
 
     def log(self, message: str) -> None:
         """Append a timestamped line to the task's log file."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}"
         with self.task.log_path.open("a") as handle:
             handle.write(f"{stamp} {message}\n")
 

@@ -15,6 +15,7 @@ from typing import Any
 from corral.database import Database
 from corral.errors import ConflictError, NotFoundError
 from corral.file_tail import read_from
+from corral.tasks.changes import ChangeFeed
 from corral.tasks.states import TaskState, can_transition
 
 
@@ -109,6 +110,8 @@ class TaskStore:
         self.db = db
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        # Every change of a task's record bumps its number here (its stream wakes at once).
+        self.changes = ChangeFeed()
 
     def create(self, kind: str, args: dict[str, Any], owner: str, after: str | None = None) -> Task:
         """Queue a new task.
@@ -238,6 +241,7 @@ class TaskStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (task_id, now, current.value, new.value, reason or error or ""),
             )
+        self.changes.bump(task_id)
         return self.get(task_id)
 
     def set_progress(self, task_id: str, progress: dict[str, Any]) -> None:
@@ -246,11 +250,13 @@ class TaskStore:
             conn.execute(
                 "UPDATE tasks SET progress = ? WHERE id = ?", (json.dumps(progress), task_id)
             )
+        self.changes.bump(task_id)
 
     def record_error(self, task_id: str, error: str) -> Task:
         """Say why a finished task ended as it did, without moving it."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE tasks SET error = ? WHERE id = ?", (error, task_id))
+        self.changes.bump(task_id)
         return self.get(task_id)
 
     def request_cancel(self, task_id: str) -> Task:
@@ -263,6 +269,7 @@ class TaskStore:
             raise ConflictError(f"task {task_id} has already {task.state}")
         with self.db.transaction() as conn:
             conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+        self.changes.bump(task_id)
         if task.state == TaskState.QUEUED:
             try:
                 return self.transition(

@@ -450,6 +450,10 @@ class BhyveDriver(MigrationDriver):
         args += migrate_argv(name, "127.0.0.1", "{port}", live=live, binary=self.host.bhyvectl)
         runtime.spawn(RELAY, args, "send.pid")
 
+    def migration_wait(self, layout: VmLayout, timeout: float) -> None:
+        # bhyve sends no events: the relay's and bhyve's state files are looked at again.
+        time.sleep(min(timeout, 0.05))
+
     def migration_status(self, layout: VmLayout) -> MigrationStatus:
         runtime = Runtime(layout)
         tunnel = read_json(runtime.path("send.json"))

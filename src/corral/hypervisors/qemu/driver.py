@@ -30,6 +30,7 @@ from corral.hypervisors.processes import log_tail
 from corral.hypervisors.qemu import checkpoints, migration, process
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
+from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.hypervisors.tls_files import tls_dir_for
 from corral.model import VmSpec
@@ -205,7 +206,7 @@ class QemuDriver(MigrationDriver):
         if pid is None:
             return RuntimeStatus(RunState.STOPPED)
         try:
-            answer = qmp_call(layout.status_socket, "query-status", timeout=3)
+            answer = HUB.query(layout.status_socket, "query-status", timeout=3)
         except HypervisorError as exc:
             return RuntimeStatus(RunState.STARTING, pid, str(exc))
         qemu_state = str(answer.get("status", ""))
@@ -319,6 +320,9 @@ class QemuDriver(MigrationDriver):
             raise HypervisorError(f"the incoming VM is in state {state}")
         return state == "running"
 
+    def migration_wait(self, layout: VmLayout, timeout: float) -> None:
+        migration.wait_change(layout, timeout)  # QEMU's next event on the kept monitor
+
     def migration_start(
         self, layout: VmLayout, address: str, port: int, tuning: MigrationTuning
     ) -> None:
@@ -356,6 +360,10 @@ class QemuDriver(MigrationDriver):
 
     def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
         return migration.calc_dirty_rate(layout, seconds)
+
+    def resident_guest_bytes(self, layout: VmLayout, ram_bytes: int) -> int | None:
+        pid = process.find_pid(layout)
+        return None if pid is None else process.resident_ram(pid, ram_bytes)
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from corral.errors import HypervisorError
 from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning, VmLayout
+from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.waiting import wait_for
 
@@ -140,8 +141,9 @@ def parse_status(info: dict[str, Any]) -> MigrationStatus:
 
 
 def status(layout: VmLayout) -> MigrationStatus:
-    """Source: the migration as QEMU sees it now (asked on the status monitor)."""
-    return parse_status(qmp_call(layout.status_socket, "query-migrate"))
+    """Source: the migration as QEMU sees it now (asked on the status monitor, whose kept
+    connection then waits for QEMU's next event: `wait_change`)."""
+    return parse_status(HUB.query(layout.status_socket, "query-migrate"))
 
 
 def set_parameters(layout: VmLayout, params: dict[str, Any]) -> None:
@@ -166,14 +168,20 @@ def cancel(layout: VmLayout) -> None:
 
 def resume_source(layout: VmLayout) -> None:
     """Source, after a failed or cancelled migration: make sure the VM runs."""
-    state = qmp_call(layout.status_socket, "query-status")["status"]
+    state = HUB.query(layout.status_socket, "query-status")["status"]
     if state != "running":
         qmp_call(layout.control_socket, "cont")
 
 
 def incoming_state(layout: VmLayout) -> str:
     """Destination: QEMU's run state (inmigrate while receiving)."""
-    return str(qmp_call(layout.status_socket, "query-status")["status"])
+    return str(HUB.query(layout.status_socket, "query-status")["status"])
+
+
+def wait_change(layout: VmLayout, timeout: float) -> None:
+    """Either side: return at QEMU's next event after the last status query (a migration
+    state change, a new pass, the target resuming), or after `timeout` seconds."""
+    HUB.wait_event(layout.status_socket, timeout)
 
 
 def calc_dirty_rate(layout: VmLayout, seconds: int = 1) -> int:
@@ -181,7 +189,7 @@ def calc_dirty_rate(layout: VmLayout, seconds: int = 1) -> int:
     qmp_call(layout.control_socket, "calc-dirty-rate", {"calc-time": seconds})
 
     def measured() -> int | None:
-        info = qmp_call(layout.status_socket, "query-dirty-rate")
+        info = HUB.query(layout.status_socket, "query-dirty-rate")
         return int(info.get("dirty-rate", 0)) if info.get("status") == "measured" else None
 
     return wait_for(measured, timeout=seconds + 10, what="calc-dirty-rate", interval=0.1)

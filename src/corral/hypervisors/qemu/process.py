@@ -13,6 +13,7 @@ from corral.errors import HypervisorError
 from corral.hypervisors import processes
 from corral.hypervisors.base import VmLayout
 from corral.hypervisors.processes import log_tail
+from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.waiting import WaitTimeout, wait_for
 
 # Children of this process, kept so that their exit is reaped (no zombies while we live).
@@ -34,6 +35,7 @@ def spawn(argv: list[str], layout: VmLayout, timeout: float = 30.0) -> int:
     """
     reap_children()
     layout.runtime_dir.mkdir(parents=True, exist_ok=True)
+    HUB.forget(layout.status_socket)  # a connection kept to an earlier QEMU there
     for stale in (layout.control_socket, layout.status_socket, layout.pid_file):
         stale.unlink(missing_ok=True)
     with layout.process_log.open("ab") as log:
@@ -87,6 +89,26 @@ def terminate(pid: int, timeout: float = 10.0) -> None:
 
 
 def clean_runtime(layout: VmLayout) -> None:
-    """Remove sockets and the pid file a stopped QEMU left (logs stay)."""
+    """Remove sockets and the pid file a stopped QEMU left (logs stay), and close the kept
+    connection to its status monitor."""
+    HUB.forget(layout.status_socket)
     for path in (layout.control_socket, layout.status_socket, layout.pid_file):
         path.unlink(missing_ok=True)
+
+
+def resident_ram(pid: int, ram_bytes: int) -> int | None:
+    """The resident part of QEMU's guest RAM mapping: the anonymous mapping of exactly the
+    guest's RAM size in /proc/PID/smaps (its Rss); None when there is no such mapping."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return None
+    want_kib = ram_bytes // 1024
+    size_kib: int | None = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Size":
+            size_kib = int(value.split()[0])
+        elif key == "Rss" and size_kib == want_kib:
+            return int(value.split()[0]) * 1024
+    return None

@@ -1,0 +1,99 @@
+"""What `migrate --plan` predicts: how long the migration should take, from numbers
+measured now and from what the past migrations to the same node achieved.
+
+The time of a migration is a fixed part (the target's hypervisor started, the deferred
+task, the switchover, the source stopped) plus the copy. The copy sends the pages the guest
+has touched (what the host holds of its RAM now: untouched pages go as zero pages, at almost
+no cost), then again what it dirtied meanwhile, pass after pass. Both the rate the stream
+gets and the fixed part are learnt from the past migrations from this node to the target
+with the same stream (TLS or not): the hypervisor's own throughput is several times what a
+probe from the agent sees (the probe runs Python's TLS; QEMU's stream does not). With no
+past migration to learn from, the link probe gives the rate and the fixed part is unknown:
+it is left out, and the answer says so. A number that was not measured is never guessed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from corral.migration.policy import PolicyLimits, converges
+
+HISTORY = 10  # the last N past migrations to the same node count
+
+
+@dataclass(frozen=True)
+class PastMigration:
+    """What one finished migration to the target achieved (its task's summary)."""
+
+    total_s: float
+    hypervisor_ms: int  # the hypervisor's own time, setup to completion
+    bytes_sent: int
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> PastMigration | None:
+        try:
+            return cls(
+                float(summary["total_s"]),
+                int(summary["qemu_total_ms"]),
+                int(summary["bytes_sent"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def stream_bytes_per_s(self) -> float | None:
+        return self.bytes_sent / (self.hypervisor_ms / 1000) if self.hypervisor_ms > 0 else None
+
+    @property
+    def fixed_s(self) -> float:
+        return max(0.0, self.total_s - self.hypervisor_ms / 1000)
+
+
+def learnt(past: list[PastMigration]) -> tuple[float | None, float | None]:
+    """The median stream rate (bytes/s) and fixed part (s) of the last migrations."""
+    recent = past[:HISTORY]
+    rates = [r for p in recent if (r := p.stream_bytes_per_s) is not None and r > 0]
+    fixed = [p.fixed_s for p in recent]
+    return (
+        statistics.median(rates) if rates else None,
+        statistics.median(fixed) if fixed else None,
+    )
+
+
+def estimate(
+    ram_bytes: int,
+    limits: PolicyLimits,
+    *,
+    resident_bytes: int | None,
+    dirty_bytes_per_s: float | None,
+    link_bytes_per_s: float | None,
+    bandwidth_cap_bytes_per_s: float = 0,
+    past: list[PastMigration] | None = None,
+) -> dict[str, object]:
+    """The plan's estimate: the rate the stream should get and where that comes from,
+    whether pre-copy converges, and the expected time (the copy, plus the fixed part when
+    past migrations tell it)."""
+    past = past or []
+    rate, fixed = learnt(past)
+    basis = f"{len(past[:HISTORY])} past migration(s) to this node"
+    if rate is None:
+        rate, basis = link_bytes_per_s, "the link probe (no past migration to this node)"
+    usable = [x for x in (rate or 0, bandwidth_cap_bytes_per_s) if x > 0]
+    bandwidth = min(usable) if usable else 0.0
+    to_send = ram_bytes if resident_bytes is None else min(ram_bytes, resident_bytes)
+    found: dict[str, object] = {
+        "bandwidth_bytes_per_s": round(bandwidth),
+        "basis": basis,
+        "to_send_bytes": to_send,
+        "fixed_s": None if fixed is None else round(fixed, 2),
+    }
+    if bandwidth and dirty_bytes_per_s is not None:
+        ok, copy_s = converges(to_send, dirty_bytes_per_s, bandwidth, limits.max_downtime_ms)
+        found["converges"] = ok
+        found["copy_s"] = None if copy_s is None else round(copy_s, 2)
+        total = None if copy_s is None else copy_s + (fixed or 0.0)
+        found["expected_s"] = None if total is None else round(total, 2)
+        found["within_timeout"] = ok and total is not None and total <= limits.completion_timeout_s
+    return found

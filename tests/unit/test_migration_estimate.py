@@ -1,0 +1,77 @@
+"""The plan's estimate: the stream rate and the fixed part learnt from past migrations to the
+same node, what the guest has touched as what the first pass sends, and nothing guessed."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.migration.estimate import PastMigration, estimate, learnt
+from corral.migration.options import MIB, MigrationOptions
+
+GIB = 1024 * MIB
+LIMITS = MigrationOptions(vm="v", target="t").limits(GIB)
+
+
+def test_past_migrations_give_the_stream_rate_and_the_fixed_part() -> None:
+    past = [
+        PastMigration(total_s=1.5, hypervisor_ms=1000, bytes_sent=300 * MIB),  # 300 MiB/s
+        PastMigration(total_s=1.0, hypervisor_ms=500, bytes_sent=100 * MIB),  # 200 MiB/s
+        PastMigration(total_s=2.3, hypervisor_ms=2000, bytes_sent=800 * MIB),  # 400 MiB/s
+    ]
+    rate, fixed = learnt(past)
+    assert rate == pytest.approx(300 * MIB)
+    assert fixed == pytest.approx(0.5)  # medians of 0.5, 0.5 and 0.3 s
+    found = estimate(
+        GIB,
+        LIMITS,
+        resident_bytes=150 * MIB,
+        dirty_bytes_per_s=0,
+        link_bytes_per_s=60 * MIB,  # the agents' probe: not what QEMU's stream gets
+        past=past,
+    )
+    assert found["bandwidth_bytes_per_s"] == 300 * MIB
+    assert found["basis"] == "3 past migration(s) to this node"
+    assert found["to_send_bytes"] == 150 * MIB  # only what the guest touched
+    assert found["copy_s"] == pytest.approx(0.5)
+    assert found["expected_s"] == pytest.approx(1.0)  # the copy and the fixed part
+
+
+def test_without_history_the_probe_gives_the_rate_and_the_fixed_part_stays_unknown() -> None:
+    found = estimate(
+        GIB, LIMITS, resident_bytes=None, dirty_bytes_per_s=0, link_bytes_per_s=100 * MIB
+    )
+    assert str(found["basis"]).startswith("the link probe")
+    assert found["to_send_bytes"] == GIB  # nothing known of the guest: all of its RAM
+    assert found["fixed_s"] is None
+    assert found["expected_s"] == pytest.approx(10.24)
+
+
+def test_a_guest_dirtying_faster_than_the_stream_does_not_converge() -> None:
+    found = estimate(
+        GIB,
+        LIMITS,
+        resident_bytes=GIB,
+        dirty_bytes_per_s=400 * MIB,
+        link_bytes_per_s=0,
+        past=[PastMigration(total_s=2, hypervisor_ms=1000, bytes_sent=300 * MIB)],
+    )
+    assert found["converges"] is False
+    assert found["expected_s"] is None
+    assert found["within_timeout"] is False
+
+
+def test_nothing_measured_means_nothing_estimated() -> None:
+    found = estimate(
+        GIB, LIMITS, resident_bytes=None, dirty_bytes_per_s=None, link_bytes_per_s=None
+    )
+    assert found["bandwidth_bytes_per_s"] == 0
+    assert "expected_s" not in found  # not guessed
+    assert found["fixed_s"] is None
+
+
+def test_a_summary_without_the_numbers_is_not_history() -> None:
+    assert PastMigration.from_summary({"total_s": 1.0}) is None
+    past = PastMigration.from_summary({"total_s": 1.2, "qemu_total_ms": 0, "bytes_sent": 5})
+    assert past is not None
+    assert past.stream_bytes_per_s is None  # a zero time gives no rate
+    assert learnt([past]) == (None, 1.2)
