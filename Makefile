@@ -9,7 +9,7 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt bench-peer-link
+	bench-libvirt bench-peer-link bench-plan
 RUNS ?= 3
 
 help:
@@ -20,7 +20,7 @@ help:
 	@echo "make faults - the fault-injection matrix, RUNS times (3), to bench/results/"
 	@echo "make bench  - every benchmark (~25 min), results and plots in bench/results/"
 	@echo "              (one at a time: make bench-overhead, bench-downtime, bench-throughput,"
-	@echo "               bench-convergence, bench-control)"
+	@echo "               bench-convergence, bench-control, bench-plan)"
 	@echo "make bench-libvirt - installs libvirt, then corral against virsh migrate --live"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
 
@@ -73,6 +73,9 @@ bench-libvirt: deps venv image
 
 bench-control: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.control_plane
+
+bench-plan: deps venv image
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.plan_accuracy
 
 bench-peer-link: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link

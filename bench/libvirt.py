@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import textwrap
 import threading
@@ -195,10 +196,16 @@ class Compare:
         }
 
     def corral_side(self, _: int) -> dict[str, Any]:
+        return self._corral("--insecure")
+
+    def corral_tls_side(self, _: int) -> dict[str, Any]:
+        return self._corral()
+
+    def _corral(self, *args: str) -> dict[str, Any]:
         src = self.corral_node
         ping = PingMeter.start(self.plan, self.corral_ip, interval=PING_INTERVAL)
         wall, summary = migrate(
-            self.plan.nodes[src], "cvguest", self.plan.nodes[1 - src].name, "--insecure"
+            self.plan.nodes[src], "cvguest", self.plan.nodes[1 - src].name, *args
         )
         sent, received = ping.stop()
         self.corral_node = 1 - src
@@ -220,10 +227,18 @@ def run(plan: LabPlan, runs: int) -> Result:
         " and forth between the two lab nodes over the migration network, interleaved. libvirt:"
         " `virsh migrate --live --xml (dumpxml --migratable) DOMAIN qemu+tcp://TARGET/system"
         " tcp://TARGET` (plain TCP, libvirt's default); corral: `corral migrate VM NODE"
-        " --insecure` (plain TCP too). Downtime as each reports it (libvirt: `domjobinfo"
-        " --completed`; corral: QEMU's number), pings lost at 10 ms from the client. Median"
-        " (min-max).",
-        [("tool", "tool"), ("wall", "wall s"), ("downtime", "downtime ms"), ("lost", "pings lost")],
+        " --insecure` (plain TCP too) and `corral migrate VM NODE` (its default: TLS with the"
+        " cluster's certificates, checked against the target's name). Downtime as each"
+        " reports it (libvirt: `domjobinfo --completed`; corral: QEMU's number), pings lost"
+        " at 10 ms from the client. Each cell: median (min-max), n runs; the ratio is the"
+        " median wall time over libvirt's.",
+        [
+            ("tool", "tool"),
+            ("wall", "wall s"),
+            ("ratio", "wall / libvirt's"),
+            ("downtime", "downtime ms"),
+            ("lost", "pings lost"),
+        ],
     )
     # libvirt daemonizes QEMU, so an exited QEMU is re-parented to this process (the lab's
     # subreaper; PID 1 here reaps nothing): reap it at once, or libvirt waits 40 s for it.
@@ -250,12 +265,22 @@ def run(plan: LabPlan, runs: int) -> Result:
             interval=1,
         )
         case = Compare(plan, daemons, libvirt_ip, corral_ip, xml.with_name("migratable.xml"))
-        sides = interleaved({"libvirt": case.libvirt_side, "corral": case.corral_side}, runs)
+        sides = interleaved(
+            {
+                "libvirt": case.libvirt_side,
+                "corral": case.corral_side,
+                "corral, TLS": case.corral_tls_side,
+            },
+            runs,
+        )
+        base = statistics.median(measured([s["wall_s"] for s in sides["libvirt"]], "libvirt"))
         for tool, samples in sides.items():
+            walls = measured([s["wall_s"] for s in samples], f"{tool} wall time")
             result.rows.append(
                 {
                     "tool": tool,
-                    "wall": cell(measured([s["wall_s"] for s in samples], f"{tool} wall time")),
+                    "wall": cell(walls),
+                    "ratio": f"{statistics.median(walls) / base:.2f}",
                     "downtime": cell([s["downtime_ms"] for s in samples], digits=0),
                     "lost": cell([s["lost"] for s in samples], digits=0),
                 }

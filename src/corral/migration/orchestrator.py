@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEST_READY_TIMEOUT = 60.0
 DEST_FINISH_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 120.0  # how long to wait for a silent target after switchover
+REPORT_INTERVAL = 0.1  # the transfer's progress record is rewritten at most this often
 
 
 class PreflightFailed(ConflictError):
@@ -236,6 +237,7 @@ class SourceMigration:
         self.transfer_started = True
         state = policy.initial_state(limits)
         watched = self.services.clock()
+        reported = watched - REPORT_INTERVAL
         while True:
             if self.ctx.cancel_requested:
                 raise TaskCancelled()
@@ -252,7 +254,12 @@ class SourceMigration:
                 )
             state, actions = policy.decide(state, sample, limits)
             self._apply(actions)
-            self._report(sample, state)
+            # QEMU's events may wake this loop many times a second (a pass each): the
+            # progress record, which every follower reads, is written ten times a second.
+            now = self.services.clock()
+            if actions or now - reported >= REPORT_INTERVAL:
+                self._report(sample, state)
+                reported = now
             # Until QEMU's next event (a new pass, completed, failed) or the poll interval.
             self.services.driver.migration_wait(layout, self.services.poll_interval)
 
