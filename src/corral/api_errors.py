@@ -6,11 +6,13 @@ Must never import any layer of corral; errors only.
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
+import json
+from typing import TYPE_CHECKING, Any
 
 from corral import errors
+
+if TYPE_CHECKING:  # the CLI never loads httpx: it speaks to its socket with http.client
+    import httpx
 
 STATUS_BY_TYPE: dict[type[errors.CorralError], int] = {
     errors.UserInputError: 422,
@@ -59,35 +61,41 @@ def error_body(exc: errors.CorralError) -> dict[str, Any]:
 
 
 def raise_for_response(response: httpx.Response) -> None:
+    """:raise CorralError: of the type the agent reported, when the response is an error."""
+    raise_for_answer(response.status_code, response.content, response.reason_phrase)
+
+
+def raise_for_answer(status: int, body: bytes, reason: str = "") -> None:
     """:raise CorralError: of the type the agent reported (the same class when this process
-    knows it, else `RemoteError` with the agent's exit code), when the response is an error.
+    knows it, else `RemoteError` with the agent's exit code), when `status` is an error.
     """
-    if response.is_success:
+    if 200 <= status < 300:
         return
     info: Any = {}
     try:
-        info = response.json()["error"]
+        info = json.loads(body)["error"]
         message, kind, field = str(info["message"]), str(info["type"]), info.get("field")
     except (ValueError, KeyError, TypeError):
-        message, kind, field = response.text[:300] or response.reason_phrase, "", None
+        text = body.decode(errors="replace")[:300]
+        message, kind, field = text or reason, "", None
     details = info.get("details") if isinstance(info, dict) else None
     exit_code = info.get("exit_code") if isinstance(info, dict) else None
-    if response.status_code == 422 and kind not in errors.ERROR_TYPES:
+    if status == 422 and kind not in errors.ERROR_TYPES:
         kind = "UserInputError"  # FastAPI's own validation answers
     known = errors.ERROR_TYPES.get(kind)
     error: errors.CorralError
     if known is not None:
         error = known.from_wire(message, None if field is None else str(field))
-    elif response.status_code == 404:
+    elif status == 404:
         error = errors.NotFoundError(message)
-    elif response.status_code == 409:
+    elif status == 409:
         error = errors.ConflictError(message)
-    elif response.status_code == 403:
+    elif status == 403:
         error = AccessDenied(message)
-    elif response.status_code == 503:
+    elif status == 503:
         error = errors.EnvironmentProblem(message)
     else:
-        error = RemoteError(f"agent error {response.status_code}: {message}")
+        error = RemoteError(f"agent error {status}: {message}")
     if isinstance(exit_code, int) and not isinstance(exit_code, bool):
         error.exit_code = exit_code  # the agent's word, for a type this process lacks
     error.details = details

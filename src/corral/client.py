@@ -7,17 +7,21 @@ Must never import: agent, cli, lab, or the layers below (it speaks HTTP only).
 
 from __future__ import annotations
 
-import json
+import json as jsonlib
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from http.client import HTTPException
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
 
-import httpx
-
-from corral.api_errors import Unreachable, raise_for_response
+from corral import unix_http
+from corral.api_errors import Unreachable, raise_for_answer
 from corral.errors import WaitTimeout
+
+if TYPE_CHECKING:
+    pass
 
 T = TypeVar("T")
 
@@ -26,7 +30,8 @@ DEFAULT_SOCKET = Path("/run/corral/agent.sock")
 
 
 class AgentClient:
-    """Calls one agent's /v1 API."""
+    """Calls one agent's /v1 API: over its unix socket with the standard library (the CLI
+    imports no HTTP library), or over HTTPS with httpx (peers, with mutual TLS)."""
 
     def __init__(
         self,
@@ -40,25 +45,19 @@ class AgentClient:
     ) -> None:
         """`server_name`: the name the server's certificate must carry (a member's node
         name), checked instead of the address dialled."""
-        headers = {NODE_HEADER: node} if node else {}
+        self.headers = {NODE_HEADER: node} if node else {}
         self.extensions: dict[str, Any] = {"sni_hostname": server_name} if server_name else {}
         self.timeout = timeout
         self._owns_http = True
+        self.socket_path = socket_path
         if socket_path is not None:
             self.where = str(socket_path)
-            # No TLS on a unix socket: without verify=False the transport would load the
-            # system's CA bundle anyway (30-60 ms at every CLI start).
-            transport = httpx.HTTPTransport(uds=str(socket_path), verify=False)
-            self.http = httpx.Client(
-                transport=transport,
-                base_url="http://corral-agent",
-                headers=headers,
-                timeout=timeout,
-            )
         elif url is not None:
+            import httpx  # only programs that reach peers load it
+
             self.where = url
             self.http = httpx.Client(
-                base_url=url, verify=ssl_context or True, headers=headers, timeout=timeout
+                base_url=url, verify=ssl_context or True, headers=self.headers, timeout=timeout
             )
         else:
             raise ValueError("an AgentClient needs a socket path or a URL")
@@ -77,25 +76,76 @@ class AgentClient:
         :raise Unreachable: no agent answered.
         :raise CorralError: the agent answered with an error (same type as on the agent).
         """
+        if self.socket_path is not None:
+            answer = self._unix_request(method, path, json, params, timeout or self.timeout)
+        else:
+            answer = self._https_request(method, path, json, params, timeout or self.timeout)
+        raise_for_answer(answer.status, answer.body, answer.reason)
+        if not answer.body:
+            return None
+        if answer.content_type.startswith("application/json"):
+            return jsonlib.loads(answer.body)
+        return answer.body.decode(errors="replace")
+
+    def _url(self, path: str, params: dict[str, Any] | None) -> str:
+        query = urlencode(params, doseq=True) if params else ""
+        return f"/v1{path}" + (f"?{query}" if query else "")
+
+    def _unix_request(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        timeout: float,
+    ) -> unix_http.Answer:
+        assert self.socket_path is not None
+        headers = dict(self.headers)
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            headers["content-type"] = "application/json"
+        try:
+            return unix_http.request(
+                self.socket_path,
+                method,
+                self._url(path, params),
+                body=body,
+                headers=headers,
+                timeout=timeout,
+            )
+        except (OSError, HTTPException) as exc:
+            raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc
+
+    def _https_request(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        timeout: float,
+    ) -> unix_http.Answer:
+        import httpx
+
         try:
             response = self.http.request(
                 method,
                 f"/v1{path}",
                 json=json,
                 params=params,
-                timeout=timeout or self.timeout,
+                timeout=timeout,
                 extensions=self.extensions,
             )
         except httpx.TransportError as exc:
             raise Unreachable(f"no agent answered at {self.where}: {exc}") from exc
         except RuntimeError as exc:  # httpx: a pooled client closed meanwhile (a removed peer)
             raise Unreachable(f"the connection to {self.where} was closed: {exc}") from exc
-        raise_for_response(response)
-        if not response.content:
-            return None
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+        return unix_http.Answer(
+            response.status_code,
+            response.reason_phrase,
+            response.headers.get("content-type", ""),
+            response.content,
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -117,24 +167,41 @@ class AgentClient:
         :raise CorralError: the agent answered with an error.
         """
         deadline = time.monotonic() + timeout
+        for line in self._lines(path, params):
+            if line.startswith("data:"):
+                yield jsonlib.loads(line[5:])
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"{path} still streams after {timeout:g}s")
+
+    def _lines(self, path: str, params: dict[str, Any] | None) -> Iterator[str]:
+        # The route sends a keep-alive line every few seconds: a read waits that long.
+        read_timeout = max(self.timeout, 30.0)
+        headers = {**self.headers, "accept": "text/event-stream"}
+        if self.socket_path is not None:
+            try:
+                with unix_http.stream(
+                    self.socket_path, self._url(path, params), headers=headers, timeout=read_timeout
+                ) as (head, lines):
+                    raise_for_answer(head.status, head.body, head.reason)
+                    yield from lines
+            except (OSError, HTTPException) as exc:
+                raise Unreachable(f"the stream from {self.where} broke: {exc}") from exc
+            return
+        import httpx
+
         try:
             with self.http.stream(
                 "GET",
                 f"/v1{path}",
                 params=params,
                 headers={"accept": "text/event-stream"},
-                # The route sends a keep-alive line every few seconds.
-                timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 30.0)),
+                timeout=httpx.Timeout(self.timeout, read=read_timeout),
                 extensions=self.extensions,
             ) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise_for_response(response)
-                for line in response.iter_lines():
-                    if line.startswith("data:"):
-                        yield json.loads(line[5:])
-                    if time.monotonic() > deadline:
-                        raise WaitTimeout(f"{path} still streams after {timeout:g}s")
+                    raise_for_answer(response.status_code, response.content, response.reason_phrase)
+                yield from response.iter_lines()
         except httpx.TransportError as exc:
             raise Unreachable(f"the stream from {self.where} broke: {exc}") from exc
         except RuntimeError as exc:  # httpx: a pooled client closed meanwhile
@@ -170,7 +237,7 @@ class AgentClient:
         return other
 
     def close(self) -> None:
-        if self._owns_http:
+        if self._owns_http and self.socket_path is None:
             self.http.close()
 
     def __enter__(self) -> AgentClient:

@@ -17,8 +17,6 @@ import typer
 from corral import config
 from corral.api_errors import Unreachable
 from corral.client import DEFAULT_SOCKET, AgentClient
-from corral.lab.agents import agent_socket
-from corral.lab.lifecycle import load_plan
 
 NodeOption = Annotated[
     str | None,
@@ -42,6 +40,9 @@ def agent_client(node: str | None) -> AgentClient:
         return AgentClient(socket_path=Path(explicit), node=node)
     if DEFAULT_SOCKET.exists():
         return AgentClient(socket_path=DEFAULT_SOCKET, node=node)
+    from corral.lab.agents import agent_socket  # a lab only: not every command's cost
+    from corral.lab.lifecycle import load_plan
+
     plan = load_plan(config.lab_root()) if os.geteuid() == 0 else None
     if plan is not None:
         lab_node = plan.node(node or plan.nodes[0].name)

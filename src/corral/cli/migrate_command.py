@@ -9,8 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
 from corral.cli.follow import FINISHED, TaskEnded, ended_stream
@@ -64,6 +62,9 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
                 sys.stdout.flush()
         ended_stream(last)
         return last
+    # Loaded for people only: `--json` (programs) does without the bar's libraries.
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.fields[phase]:<10}"),
@@ -93,6 +94,8 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
 
 
 def print_migration_summary(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{result['vm']}: {result['source']} -> {result['target']}")
     table.add_column("measure")
     table.add_column("value")

@@ -143,7 +143,24 @@ def parse_status(info: dict[str, Any]) -> MigrationStatus:
 def status(layout: VmLayout) -> MigrationStatus:
     """Source: the migration as QEMU sees it now (asked on the status monitor, whose kept
     connection then waits for QEMU's next event: `wait_change`)."""
-    return parse_status(HUB.query(layout.status_socket, "query-migrate"))
+    info = HUB.query(layout.status_socket, "query-migrate")
+    if info.get("status") == "completed" and not info.get("total-time"):
+        info = final_counters(layout)
+    return parse_status(info)
+
+
+def final_counters(layout: VmLayout) -> dict[str, Any]:
+    """The completed migration's counters once QEMU has computed them. QEMU 7.2 sets the
+    state to completed (and sends the MIGRATION event) before it computes the total time,
+    the downtime and the rate (`migration_completion` runs before
+    `migration_calculate_complete` in migration/migration.c; later QEMUs swap the two):
+    read at once, they are 0. They follow within milliseconds."""
+
+    def computed() -> dict[str, Any] | None:
+        info: dict[str, Any] = HUB.query(layout.status_socket, "query-migrate")
+        return info if info.get("total-time") else None
+
+    return wait_for(computed, timeout=10, what="QEMU's final migration counters", interval=0.005)
 
 
 def set_parameters(layout: VmLayout, params: dict[str, Any]) -> None:
