@@ -3,32 +3,12 @@ validation that names the field, and errors mapped to status codes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from corral.agent.app import api_app
 from corral.agent.node_agent import NodeAgent
-from corral.agent.settings import AgentSettings
-from corral.agent.task_kinds import builtin_kinds
 from corral.waiting import wait_for
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[NodeAgent]:
-    settings = AgentSettings(
-        node_name="unit",
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        storage_dir=tmp_path / "storage",
-    )
-    a = NodeAgent(settings, builtin_kinds)
-    a.runner.start()
-    yield a
-    a.runner.stop(grace=2)
-    a.close()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +15,6 @@ from fastapi.testclient import TestClient
 from corral.agent import task_stream
 from corral.agent.app import api_app
 from corral.agent.node_agent import NodeAgent
-from corral.agent.settings import AgentSettings
-from corral.agent.task_kinds import builtin_kinds
 from corral.tasks.changes import ChangeFeed
 
 
@@ -54,21 +50,6 @@ def test_a_coroutine_is_woken_by_a_thread_and_close_ends_every_wait() -> None:
     assert asyncio.run(scenario()) == (1, 1)
     assert feed.closed
     assert feed.wait("t1", 1, timeout=30) == 1  # closed: no wait blocks again
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[NodeAgent]:
-    settings = AgentSettings(
-        node_name="unit",
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        storage_dir=tmp_path / "storage",
-    )
-    a = NodeAgent(settings, builtin_kinds)
-    a.runner.start()
-    yield a
-    a.runner.stop(grace=2)
-    a.close()
 
 
 def watch(api: TestClient, task_id: str, **params: Any) -> tuple[list[dict[str, Any]], int]:

@@ -34,7 +34,7 @@ from corral.agent.api_models import (
     TokenAnswer,
     TokenRequest,
 )
-from corral.agent.forward_stream import forward_stream
+from corral.agent.forward_stream import forward_stream, unreachable
 from corral.agent.http_guards import (
     API_BODY_LIMIT,
     JOIN_BODY_LIMIT,
@@ -153,16 +153,7 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
                 extensions=client.extensions,
             )
         except Exception as exc:
-            return JSONResponse(
-                {
-                    "error": {
-                        "type": "Unreachable",
-                        "field": None,
-                        "message": f"node {target} did not answer: {exc}",
-                    }
-                },
-                status_code=502,
-            )
+            return unreachable(target, exc)
         finally:
             client.close()
         return Response(

@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from corral.agent.task_stream import KEEPALIVE_S, MEDIA_TYPE
+from corral.api_errors import Unreachable, error_body
 from corral.client import AgentClient
+
+
+def unreachable(target: str, exc: Exception) -> JSONResponse:
+    """The answer to a forwarded request the member did not answer (502)."""
+    return JSONResponse(
+        error_body(Unreachable(f"node {target} did not answer: {exc}")), status_code=502
+    )
 
 
 async def forward_stream(client: AgentClient, target: str, path: str) -> Response:
@@ -26,16 +34,7 @@ async def forward_stream(client: AgentClient, target: str, path: str) -> Respons
     try:
         answer = await run_in_threadpool(client.http.send, request, stream=True)
     except Exception as exc:
-        return JSONResponse(
-            {
-                "error": {
-                    "type": "Unreachable",
-                    "field": None,
-                    "message": f"node {target} did not answer: {exc}",
-                }
-            },
-            status_code=502,
-        )
+        return unreachable(target, exc)
     if answer.status_code >= 400:
         body = await run_in_threadpool(answer.read)
         await run_in_threadpool(answer.close)
