@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.migration.estimate import PastMigration, estimate, learnt
+from corral.migration.estimate import PastMigration, estimate, learnt, relevant
 from corral.migration.options import MIB, MigrationOptions
 
 GIB = 1024 * MIB
@@ -30,7 +30,7 @@ def test_past_migrations_give_the_stream_rate_and_the_fixed_part() -> None:
         past=past,
     )
     assert found["bandwidth_bytes_per_s"] == 300 * MIB
-    assert found["basis"] == "3 past migration(s) to this node"
+    assert found["basis"] == "3 past migration(s) of any VM to this node"
     assert found["to_send_bytes"] == 150 * MIB  # only what the guest touched
     assert found["copy_s"] == pytest.approx(0.5)
     assert found["expected_s"] == pytest.approx(1.0)  # the copy and the fixed part
@@ -75,3 +75,32 @@ def test_a_summary_without_the_numbers_is_not_history() -> None:
     assert past is not None
     assert past.stream_bytes_per_s is None  # a zero time gives no rate
     assert learnt([past]) == (None, 1.2)
+
+
+def test_the_vms_own_free_running_migrations_are_learnt_from_first() -> None:
+    other = PastMigration(total_s=9, hypervisor_ms=1000, bytes_sent=MIB, vm="big")
+    capped = PastMigration(total_s=90, hypervisor_ms=89000, bytes_sent=GIB, vm="web", free=False)
+    own = PastMigration(total_s=1.2, hypervisor_ms=1000, bytes_sent=200 * MIB, vm="web")
+    chosen, basis = relevant([other, capped, own], "web")
+    assert chosen == [own]  # not another VM's, not one slowed by --bandwidth or the policy
+    assert basis == "1 past migration(s) of this VM to this node"
+    chosen, basis = relevant([other, capped], "web")
+    assert chosen == [other]  # no free run of its own: the other VMs' free ones
+    assert basis.endswith("of any VM to this node")
+    assert relevant([capped], "web") == (
+        [capped],
+        "1 past migration(s) of this VM to this node, slowed by a cap or the policy",
+    )
+
+
+def test_a_summary_says_whether_the_run_was_free() -> None:
+    base = {"total_s": 1.0, "qemu_total_ms": 800, "bytes_sent": MIB, "vm": "web"}
+    assert PastMigration.from_summary({**base, "bandwidth_mib": 0, "policy_actions": []}) == (
+        PastMigration(1.0, 800, MIB, "web", free=True)
+    )
+    capped = PastMigration.from_summary({**base, "bandwidth_mib": 16})
+    throttled = PastMigration.from_summary({**base, "policy_actions": ["auto-converge engaged"]})
+    assert capped is not None
+    assert not capped.free
+    assert throttled is not None
+    assert not throttled.free

@@ -12,7 +12,7 @@ from corral.agent.node_agent import NodeAgent
 from corral.client import AgentClient
 from corral.cluster.peer_client import peer_client
 from corral.errors import CorralError, NotFoundError
-from corral.migration.estimate import HISTORY, PastMigration
+from corral.migration.estimate import PastMigration
 from corral.migration.operations import MigrationDesk
 from corral.migration.options import MIB
 from corral.migration.preflight import NodeView
@@ -21,6 +21,7 @@ from corral.migration.services import MigrationServices, TlsFiles
 from corral.tasks.states import TaskState
 
 PROBE_BYTES = 32 * MIB
+HISTORY_SCAN = 100  # past migrations to a node looked at for the plan (its VM's first)
 
 
 def tls_files(agent: NodeAgent) -> TlsFiles | None:
@@ -145,7 +146,7 @@ def history(agent: NodeAgent, target: str, tls: bool) -> list[PastMigration]:
         past = PastMigration.from_summary(summary)
         if past is not None:
             found.append(past)
-        if len(found) >= HISTORY:
+        if len(found) >= HISTORY_SCAN:
             break
     return found
 

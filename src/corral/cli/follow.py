@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from corral.api_errors import Unreachable
 from corral.cli.format import progress_text
@@ -55,6 +54,14 @@ def follow_task(
         for update in client.stream(path, timeout=timeout):
             last = update
     else:
+        from rich.progress import (  # for people only: programs (quiet) do without
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),

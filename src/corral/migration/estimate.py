@@ -30,6 +30,10 @@ class PastMigration:
     total_s: float
     hypervisor_ms: int  # the hypervisor's own time, setup to completion
     bytes_sent: int
+    vm: str = ""
+    # Neither capped (--bandwidth) nor slowed by the policy (throttled, paused): its rate
+    # is the link's and the hypervisor's, not a limit's.
+    free: bool = True
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any]) -> PastMigration | None:
@@ -38,6 +42,8 @@ class PastMigration:
                 float(summary["total_s"]),
                 int(summary["qemu_total_ms"]),
                 int(summary["bytes_sent"]),
+                str(summary.get("vm", "")),
+                not summary.get("bandwidth_mib") and not summary.get("policy_actions"),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -49,6 +55,25 @@ class PastMigration:
     @property
     def fixed_s(self) -> float:
         return max(0.0, self.total_s - self.hypervisor_ms / 1000)
+
+
+def relevant(past: list[PastMigration], vm: str) -> tuple[list[PastMigration], str]:
+    """The past migrations to learn from, and how to name them, in this order: this VM's
+    own free-running ones (its size and workload; no cap, no throttling), any VM's free
+    ones, this VM's capped or throttled ones, any."""
+    own = [p for p in past if vm and p.vm == vm]
+    slowed = ", slowed by a cap or the policy"
+    for chosen, whose in (
+        ([p for p in own if p.free], "of this VM"),
+        ([p for p in past if p.free], "of any VM"),
+        (own, "of this VM"),
+        (past, "of any VM"),
+    ):
+        if chosen:
+            kept = chosen[:HISTORY]
+            note = "" if all(p.free for p in kept) else slowed
+            return kept, f"{len(kept)} past migration(s) {whose} to this node{note}"
+    return [], "no past migration"
 
 
 def learnt(past: list[PastMigration]) -> tuple[float | None, float | None]:
@@ -71,13 +96,13 @@ def estimate(
     link_bytes_per_s: float | None,
     bandwidth_cap_bytes_per_s: float = 0,
     past: list[PastMigration] | None = None,
+    vm: str = "",
 ) -> dict[str, object]:
-    """The plan's estimate: the rate the stream should get and where that comes from,
-    whether pre-copy converges, and the expected time (the copy, plus the fixed part when
-    past migrations tell it)."""
-    past = past or []
-    rate, fixed = learnt(past)
-    basis = f"{len(past[:HISTORY])} past migration(s) to this node"
+    """The plan's estimate for `vm`: the rate the stream should get and where that comes
+    from, whether pre-copy converges, and the expected time (the copy, plus the fixed part
+    when past migrations tell it)."""
+    chosen, basis = relevant(past or [], vm)
+    rate, fixed = learnt(chosen)
     if rate is None:
         rate, basis = link_bytes_per_s, "the link probe (no past migration to this node)"
     usable = [x for x in (rate or 0, bandwidth_cap_bytes_per_s) if x > 0]

@@ -122,6 +122,7 @@ class MigrationDesk:
             link_bytes_per_s=link,
             bandwidth_cap_bytes_per_s=opts.bandwidth_mib * MIB,
             past=self.history(opts.target, not opts.insecure),
+            vm=opts.vm,
         )
         answer["estimate"] = found
         return answer

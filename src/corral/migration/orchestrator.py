@@ -342,6 +342,7 @@ class SourceMigration:
             "throughput_mbps": round(final.throughput_mbps, 1),
             "tls": not self.opts.insecure,
             "channels": self.opts.parallel,
+            "bandwidth_mib": self.opts.bandwidth_mib,  # 0: no cap
             "policy_actions": self.actions,
             "migration_id": self.migration_id,
         }
