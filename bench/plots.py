@@ -54,11 +54,12 @@ def plot_all() -> list[Path]:
         made.append(
             _bars(
                 "overhead",
-                "Migration wall time: floor (QMP by hand) vs corral",
+                "Migration wall time: floor (QMP by hand) vs corral's API and CLI",
                 groups,
                 {
                     "floor": [_median(r["floor"]) for r in d["rows"]],
-                    "corral": [_median(r["corral"]) for r in d["rows"]],
+                    "corral API": [_median(r["api"]) for r in d["rows"]],
+                    "corral CLI": [_median(r["corral"]) for r in d["rows"]],
                 },
                 "seconds (median)",
             )
