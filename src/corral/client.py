@@ -81,8 +81,8 @@ class AgentClient:
         else:
             answer = self._https_request(method, path, json, params, timeout or self.timeout)
         raise_for_answer(answer.status, answer.body, answer.reason)
-        if not answer.body:
-            return None
+        if not answer.body:  # an empty text (a console with nothing yet) is still a text
+            return "" if answer.content_type.startswith("text/") else None
         if answer.content_type.startswith("application/json"):
             return jsonlib.loads(answer.body)
         return answer.body.decode(errors="replace")

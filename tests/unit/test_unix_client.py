@@ -53,6 +53,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/v1/console":  # a console with nothing in it yet
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; charset=utf-8")
+            self.send_header("content-length", "0")
+            self.end_headers()
         elif self.path == "/v1/tasks/gone/watch":
             self._json(404, {"error": {"type": "NotFoundError", "message": "no task gone"}})
         else:
@@ -89,6 +94,7 @@ def test_answers_are_json_with_the_query_and_the_node_header(agent_socket: Path)
     with AgentClient(socket_path=agent_socket, node="node2") as client:
         got = client.get("/echo", state=["queued", "running"], limit=5, unset=None)
         assert got == {"path": "/v1/echo?state=queued&state=running&limit=5", "node": "node2"}
+        assert client.get("/console") == ""  # an empty text, not None
         posted = client.post("/tasks", {"kind": "sleep"})
         assert posted == {"got": {"kind": "sleep"}, "type": "application/json"}
 
