@@ -201,6 +201,9 @@ class Compare:
     def corral_tls_side(self, _: int) -> dict[str, Any]:
         return self._corral()
 
+    def corral_tls_multifd_side(self, _: int) -> dict[str, Any]:
+        return self._corral("--parallel", "2")
+
     def _corral(self, *args: str) -> dict[str, Any]:
         src = self.corral_node
         ping = PingMeter.start(self.plan, self.corral_ip, interval=PING_INTERVAL)
@@ -227,8 +230,9 @@ def run(plan: LabPlan, runs: int) -> Result:
         " and forth between the two lab nodes over the migration network, interleaved. libvirt:"
         " `virsh migrate --live --xml (dumpxml --migratable) DOMAIN qemu+tcp://TARGET/system"
         " tcp://TARGET` (plain TCP, libvirt's default); corral: `corral migrate VM NODE"
-        " --insecure` (plain TCP too) and `corral migrate VM NODE` (its default: TLS with the"
-        " cluster's certificates, checked against the target's name). Downtime as each"
+        " --insecure` (plain TCP too), `corral migrate VM NODE` (its default: TLS with the"
+        " cluster's certificates, checked against the target's name) and the same with"
+        " `--parallel 2` (two multifd channels: TLS encrypts on two threads). Downtime as each"
         " reports it (libvirt: `domjobinfo --completed`; corral: QEMU's number), pings lost"
         " at 10 ms from the client. Each cell: median (min-max), n runs; the ratio is the"
         " median wall time over libvirt's.",
@@ -270,6 +274,7 @@ def run(plan: LabPlan, runs: int) -> Result:
                 "libvirt": case.libvirt_side,
                 "corral": case.corral_side,
                 "corral, TLS": case.corral_tls_side,
+                "corral, TLS, 2 channels": case.corral_tls_multifd_side,
             },
             runs,
         )
