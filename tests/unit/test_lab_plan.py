@@ -97,6 +97,16 @@ def test_directories_live_under_the_root() -> None:
     assert all(str(d).startswith("/srv/lab") for d in plan.directories)
 
 
+def test_local_storage_gives_each_node_its_own_vm_directories() -> None:
+    shared = plan_lab(LabConfig(nodes=2, root=Path("/srv/lab")))
+    assert {shared.storage_dir(n) for n in shared.nodes} == {Path("/srv/lab/shared")}
+    local = plan_lab(LabConfig(nodes=2, root=Path("/srv/lab"), storage="local"))
+    assert [local.storage_dir(n) for n in local.nodes] == [
+        Path("/srv/lab/nodes/node1/storage"),
+        Path("/srv/lab/nodes/node2/storage"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("config", "field"),
     [

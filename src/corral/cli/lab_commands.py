@@ -78,7 +78,8 @@ def up_command(
     storage: Annotated[
         str,
         typer.Option(
-            help="dir: a directory shared by path; glusterfs: a GlusterFS volume mounted on it."
+            help="dir: a directory shared by path; glusterfs: a GlusterFS volume mounted on"
+            " it; local: each node its own VM directories (nothing shared)."
         ),
     ] = "dir",
     with_agents: Annotated[

@@ -35,14 +35,15 @@ def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None =
     """Write (and return) the node's agent settings file; `extra` adds or replaces settings
     (strings, numbers and lists of strings)."""
     path = node.local_dir / "agent.toml"
+    storage = plan.storage_dir(node)
     settings: dict[str, object] = {
         "node_name": node.name,
         "address": str(node.migration_address.ip),
         "state_dir": str(node.local_dir / "state"),
         "run_dir": str(node.local_dir / "run"),
-        "storage_dir": str(plan.shared_dir),
-        # VMs may use the shared data directory and the cached test guest, nothing else.
-        "image_dirs": [str(plan.shared_dir / "data"), str(config.cache_dir() / "guest")],
+        "storage_dir": str(storage),
+        # VMs may use the node's data directory and the cached test guest, nothing else.
+        "image_dirs": [str(storage / "data"), str(config.cache_dir() / "guest")],
         "heartbeat_interval": HEARTBEAT_INTERVAL,
         "offline_after": OFFLINE_AFTER,
         "accelerator": "tcg",

@@ -66,7 +66,7 @@ class LabGuest:
         self.tap = f"t-{name}"[:15]
         disks: tuple[DiskSpec, ...] = ()
         if disk_mib:
-            disks = (DiskSpec(path=plan.shared_dir / f"{name}.qcow2"),)
+            disks = (DiskSpec(path=plan.storage_dir(node) / f"{name}.qcow2"),)
         self.disk_mib = disk_mib
         self.spec = VmSpec(
             name=name,

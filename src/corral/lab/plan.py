@@ -28,7 +28,7 @@ NODE_MIGRATION_IFACE = "mig0"
 NODE_UPLINK_IFACE = "uplink0"
 CLIENT_IFACE = "eth0"
 CLIENT_HOST = 254  # the client's host number on the guest network
-STORAGE_KINDS = ("dir", "glusterfs")
+STORAGE_KINDS = ("dir", "glusterfs", "local")
 STORAGE_HOST = 250  # the storage namespace's host number on the migration network
 DEFAULT_MIGRATION_NET = IPv4Network("10.210.0.0/24")
 DEFAULT_GUEST_NET = IPv4Network("10.211.0.0/24")
@@ -43,7 +43,9 @@ class LabConfig:
     migration_net: IPv4Network = DEFAULT_MIGRATION_NET
     guest_net: IPv4Network = DEFAULT_GUEST_NET
     root: Path = Path("/var/lib/corral-lab")
-    storage: str = "dir"  # "dir": a directory; "glusterfs": a GlusterFS volume mounted there
+    # "dir": one directory all nodes share; "glusterfs": a GlusterFS volume mounted there;
+    # "local": each node its own VM directories (nothing shared: local disks).
+    storage: str = "dir"
 
     def validate(self) -> None:
         """:raise UserInputError: naming the setting that is out of range."""
@@ -131,6 +133,11 @@ class LabPlan:
     def namespaces(self) -> tuple[str, ...]:
         storage = (self.storage_netns,) if self.storage_netns else ()
         return (self.fabric_netns, self.client_netns, *(n.netns for n in self.nodes), *storage)
+
+    def storage_dir(self, node: LabNode) -> Path:
+        """The parent of `node`'s data, config and system directories: the shared one, or
+        with local storage the node's own."""
+        return node.local_dir / "storage" if self.config.storage == "local" else self.shared_dir
 
     def node(self, name: str) -> LabNode:
         """:raise UserInputError: no node of that name in this lab."""
