@@ -25,12 +25,12 @@ from corral.hypervisors.qemu import disk_copy, migration
 from corral.hypervisors.qemu.driver import QemuDriver
 from corral.hypervisors.tls_files import tls_dir_for
 from corral.lab.image import GuestImage, guest_cmdline
+from corral.migration.receiver import free_port
 from corral.model import VmSpec
 from corral.waiting import wait_for
 
 pytestmark = pytest.mark.qemu
 DISK_MIB = 64
-NBD_PORT, RAM_PORT = 10811, 4461
 
 
 def pki_for(root: Path, names: tuple[str, ...]) -> dict[str, PkiPaths]:
@@ -79,10 +79,24 @@ class Pair:
         self.src = VmLayout(root / "src", root / "src" / "checkpoints")
         self.dst = VmLayout(root / "dst", root / "dst" / "checkpoints")
         self.pki = pki_for(root / "pki", ("n1", "n2", "n3"))
+        self.nbd_port, self.ram_port = free_port("127.0.0.1"), free_port("127.0.0.1")
 
     def tls(self, layout: VmLayout, endpoint: str, name: str) -> Path:
         p = self.pki[name]
         return tls_dir_for(layout, endpoint, p.ca_cert, p.node_cert, p.node_key)
+
+    def serve(self) -> None:
+        """The source runs; the target waits for it and serves its new image to n1."""
+        self.driver.start(self.src_spec, self.src)
+        self.driver.start_incoming(self.dst_spec, self.dst)
+        disk_copy.export_disks(
+            self.dst,
+            [0],
+            "127.0.0.1",
+            self.nbd_port,
+            tls_dir=self.tls(self.dst, "server", "n2"),
+            peer_name="n1",
+        )
 
     def stop(self) -> None:
         for layout in (self.src, self.dst):
@@ -106,22 +120,13 @@ def allocated(disk: Path) -> int:
 
 
 def test_a_running_guests_disk_moves_with_it_identical_and_sparse(pair: Pair) -> None:
-    pair.driver.start(pair.src_spec, pair.src)
-    pair.driver.start_incoming(pair.dst_spec, pair.dst)
-    disk_copy.export_disks(
-        pair.dst,
-        [0],
-        "127.0.0.1",
-        NBD_PORT,
-        tls_dir=pair.tls(pair.dst, "server", "n2"),
-        peer_name="n1",
-    )
-    migration.listen(pair.dst, "127.0.0.1", RAM_PORT, MigrationTuning())
+    pair.serve()
+    migration.listen(pair.dst, "127.0.0.1", pair.ram_port, MigrationTuning())
     disk_copy.mirror_disks(
         pair.src,
         [0],
         "127.0.0.1",
-        NBD_PORT,
+        pair.nbd_port,
         tls_dir=pair.tls(pair.src, "client", "n1"),
         hostname="n2",
     )
@@ -134,7 +139,7 @@ def test_a_running_guests_disk_moves_with_it_identical_and_sparse(pair: Pair) ->
     assert ready.jobs == 1
     assert ready.total == DISK_MIB * 1024 * 1024
     assert ready.done == ready.total
-    migration.start(pair.src, "127.0.0.1", RAM_PORT, MigrationTuning())
+    migration.start(pair.src, "127.0.0.1", pair.ram_port, MigrationTuning())
 
     def finished() -> MigrationStatus | None:
         status = migration.status(pair.src)
@@ -161,22 +166,13 @@ def test_a_running_guests_disk_moves_with_it_identical_and_sparse(pair: Pair) ->
 
 
 def test_a_client_certificate_of_another_name_gets_no_disk(pair: Pair) -> None:
-    pair.driver.start(pair.src_spec, pair.src)
-    pair.driver.start_incoming(pair.dst_spec, pair.dst)
-    disk_copy.export_disks(
-        pair.dst,
-        [0],
-        "127.0.0.1",
-        NBD_PORT + 1,
-        tls_dir=pair.tls(pair.dst, "server", "n2"),
-        peer_name="n1",
-    )
+    pair.serve()
     with pytest.raises(HypervisorError):
         disk_copy.mirror_disks(  # n3's certificate: signed by the same CA, not the source
             pair.src,
             [0],
             "127.0.0.1",
-            NBD_PORT + 1,
+            pair.nbd_port,
             tls_dir=pair.tls(pair.src, "client", "n3"),
             hostname="n2",
         )

@@ -56,6 +56,15 @@ def _replace_object(qmp: QmpSession, qom_type: str, object_id: str, **props: Any
     qmp.execute("object-add", {"qom-type": qom_type, "id": object_id, **props})
 
 
+def _tls_object(qmp: QmpSession, tls_dir: Path, endpoint: str) -> str:
+    """The NBD link's TLS credentials: the cluster CA, this node's certificate, and the
+    peer's certificate required and checked."""
+    _replace_object(
+        qmp, "tls-creds-x509", NBD_TLS, dir=str(tls_dir), endpoint=endpoint, **{"verify-peer": True}
+    )
+    return NBD_TLS
+
+
 def _inet(address: str, port: int) -> dict[str, Any]:
     return {"type": "inet", "host": address, "port": str(port)}
 
@@ -77,15 +86,7 @@ def export_disks(
         legacy = {"type": "inet", "data": {"host": address, "port": str(port)}}
         server: dict[str, Any] = {"addr": legacy}
         if tls_dir is not None:
-            _replace_object(
-                qmp,
-                "tls-creds-x509",
-                NBD_TLS,
-                dir=str(tls_dir),
-                endpoint="server",
-                **{"verify-peer": True},
-            )
-            server["tls-creds"] = NBD_TLS
+            server["tls-creds"] = _tls_object(qmp, tls_dir, "server")
             if peer_name:
                 _replace_object(qmp, "authz-simple", NBD_AUTHZ, identity=f"CN={peer_name}")
                 server["tls-authz"] = NBD_AUTHZ
@@ -122,14 +123,7 @@ def mirror_disks(
     (`hostname`: the name the target's certificate must carry)."""
     with QmpSession(layout.control_socket) as qmp:
         if tls_dir is not None:
-            _replace_object(
-                qmp,
-                "tls-creds-x509",
-                NBD_TLS,
-                dir=str(tls_dir),
-                endpoint="client",
-                **{"verify-peer": True},
-            )
+            _tls_object(qmp, tls_dir, "client")
         for index in disks:
             client: dict[str, Any] = {
                 "driver": "nbd",
