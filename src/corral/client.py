@@ -13,15 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from http.client import HTTPException
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from corral import unix_http
 from corral.api_errors import Unreachable, raise_for_answer
 from corral.errors import WaitTimeout
-
-if TYPE_CHECKING:
-    pass
 
 T = TypeVar("T")
 

@@ -8,7 +8,6 @@ here and is recorded as this node's. Cancelled or failed, it leaves nothing behi
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from corral.tasks.runner import TaskCancelled, TaskContext
 from corral.tasks.store import Task
 from corral.vms.directories import NodeDirectories
 from corral.vms.service import VmService
-from corral.waiting import WaitTimeout
+from corral.waiting import WaitTimeout, wait_for
 
 
 @dataclass
@@ -101,17 +100,19 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         ctx.log(f"listening on {services.address}:{port} (tls={tls_dir is not None})")
         ctx.progress(phase="listening", address=services.address, port=port)
 
-        deadline = time.monotonic() + args.timeout_s
-        while not services.driver.migration_incoming_done(layout):
+        def arrived() -> bool:
             if ctx.cancel_requested:
                 raise TaskCancelled()
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"timed out after {args.timeout_s:g}s waiting for {spec.name} to arrive"
-                    f" from {args.source}"
-                )
-            # Until the hypervisor's next event (the VM resumed here), at most 0.25 s.
-            services.driver.migration_wait(layout, 0.25)
+            return services.driver.migration_incoming_done(layout)
+
+        wait_for(
+            arrived,
+            timeout=args.timeout_s,
+            what=f"{spec.name} to arrive from {args.source}",
+            interval=0.25,
+            # Between looks, until the hypervisor's next event (the VM resumed here).
+            sleep=lambda seconds: services.driver.migration_wait(layout, seconds),
+        )
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
         services.driver.migration_finalize_target(spec, layout, success=False)
         if ctx.cancel_requested and not isinstance(exc, TaskCancelled):
