@@ -80,7 +80,7 @@ class FakeDriver(MigrationDriver):
         return layout.runtime_dir / "tls"
 
     def migration_listen(self, *_: Any) -> None: ...
-    def migration_incoming_done(self, layout: VmLayout) -> bool:
+    def migration_incoming_done(self, layout: VmLayout, *, resume: bool = True) -> bool:
         return True
 
     def migration_start(self, layout: VmLayout, address: str, port: int, t: Any) -> None:

@@ -21,8 +21,10 @@ from corral.hypervisors.base import (
     RunState,
     VmLayout,
 )
+from corral.hypervisors.disk_copy_contract import DiskCopyStatus
 from corral.hypervisors.qemu import disk_copy, migration
 from corral.hypervisors.qemu.driver import QemuDriver
+from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.hypervisors.tls_files import tls_dir_for
 from corral.lab.image import GuestImage, guest_cmdline
 from corral.migration.receiver import free_port
@@ -112,6 +114,13 @@ def pair(tmp_path: Path, guest_image: GuestImage) -> Iterator[Pair]:
         subject.stop()
 
 
+def no_mirror_left(layout: VmLayout) -> bool:
+    with QmpSession(layout.control_socket) as qmp:
+        jobs = qmp.execute("query-jobs")
+        nodes = [n["node-name"] for n in qmp.execute("query-named-block-nodes")]
+    return not jobs and not [n for n in nodes if n.startswith("corral-nbd")]
+
+
 def allocated(disk: Path) -> int:
     out = subprocess.run(
         ["qemu-img", "map", "--output=json", str(disk)], capture_output=True, text=True, check=True
@@ -131,8 +140,8 @@ def test_a_running_guests_disk_moves_with_it_identical_and_sparse(pair: Pair) ->
         hostname="n2",
     )
 
-    def mirrored() -> disk_copy.DiskCopyStatus | None:
-        status = disk_copy.copy_status(pair.src)
+    def mirrored() -> DiskCopyStatus | None:
+        status = disk_copy.copy_status(pair.src, [0])
         return status if status.ready else None
 
     ready = wait_for(mirrored, timeout=120, what="the mirror to be ready")
@@ -147,8 +156,8 @@ def test_a_running_guests_disk_moves_with_it_identical_and_sparse(pair: Pair) ->
 
     done = wait_for(finished, timeout=120, what="the migration")
     assert done.state == MigrationState.COMPLETED, done.error
-    disk_copy.end_mirrors(pair.src, [0], abandon=False)
-    assert disk_copy.copy_status(pair.src).jobs == 0
+    disk_copy.end_mirrors(pair.src, [0], abandon=False)  # raises unless it ended clean
+    assert no_mirror_left(pair.src)
     assert pair.driver.status(pair.dst).state == RunState.PAUSED  # -S: not before the stop
     disk_copy.stop_export(pair.dst)
     pair.driver.resume(pair.dst)
@@ -176,5 +185,7 @@ def test_a_client_certificate_of_another_name_gets_no_disk(pair: Pair) -> None:
             tls_dir=pair.tls(pair.src, "client", "n3"),
             hostname="n2",
         )
-    assert disk_copy.copy_status(pair.src).jobs == 0
+    assert no_mirror_left(pair.src)
+    with pytest.raises(HypervisorError, match="disk 0"):
+        disk_copy.copy_status(pair.src, [0])
     assert pair.driver.status(pair.src).state == RunState.RUNNING  # the source is untouched

@@ -16,8 +16,10 @@ from corral.migration.estimate import PastMigration
 from corral.migration.operations import MigrationDesk
 from corral.migration.options import MIB
 from corral.migration.preflight import NodeView
-from corral.migration.receiver import ReceiverServices
+from corral.migration.receive_args import ReceiveArgs
+from corral.migration.receiver import ReceiverServices, target_spec
 from corral.migration.services import MigrationServices, TlsFiles
+from corral.model import VmSpec
 from corral.tasks.states import TaskState
 
 PROBE_BYTES = 32 * MIB
@@ -89,7 +91,22 @@ def receiver_services(agent: NodeAgent) -> ReceiverServices:
         address=agent.settings.address,
         vms=agent.vms,
         tls=tls_files(agent),
+        releases=agent.releases,
     )
+
+
+def arrived_spec(agent: NodeAgent, spec: VmSpec) -> VmSpec:
+    """`spec` as this node runs it: with the disks its last receive task of that VM copied
+    in, where they are here (a source's recovery only knows its own paths)."""
+    for task in agent.tasks.recent(limit=200):
+        if task.kind != "migration.receive" or task.args.get("spec", {}).get("name") != spec.name:
+            continue
+        try:
+            args = ReceiveArgs.model_validate(task.args)
+        except ValueError:
+            continue
+        return target_spec(args, agent.vms) if args.disks else spec
+    return spec
 
 
 def locate_owner(agent: NodeAgent, vm: str) -> str:

@@ -38,6 +38,7 @@ from corral.hypervisors.bhyve.host import BhyveHost
 from corral.hypervisors.qemu.accelerator import resolve_accelerator
 from corral.hypervisors.qemu.driver import QemuDriver
 from corral.migration.journal import MigrationJournal
+from corral.migration.release import ReleaseBoard
 from corral.model import VmSpec
 from corral.tasks.runner import TaskKind, TaskRunner
 from corral.tasks.store import TaskStore
@@ -79,6 +80,7 @@ class NodeAgent:
         self.vms = VmService(self.name, VmInventory(self.db), self.driver, self.dirs)
         self.tasks = TaskStore(self.db, settings.task_log_dir)
         self.journal = MigrationJournal(self.db)
+        self.releases = ReleaseBoard()  # arrived VMs whose source confirmed their disks
         self.registry = NodeRegistry(self.db)
         self.pki = PkiPaths(settings.pki_dir)
         self.pool = PeerPool(self.pki)  # one keep-alive connection per member

@@ -11,14 +11,16 @@ from fastapi.responses import Response, StreamingResponse
 
 from corral.agent import migration_desk
 from corral.agent.access import Access, allow, caller_of
-from corral.agent.api_models import AdoptRequest
+from corral.agent.api_models import TASK_ID_PATTERN, AdoptRequest
 from corral.agent.node_agent import NodeAgent
+from corral.api_errors import AccessDenied
 from corral.errors import ConflictError, NotFoundError
 from corral.hypervisors.base import RunState
 from corral.migration.options import MigrationOptions
 from corral.model import NAME_PATTERN
 
 VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
+TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 MAX_PROBE = 256 * 1024 * 1024
 PROBE_CHUNK = bytes(1024 * 1024)
 
@@ -105,8 +107,9 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
 
     @app.post("/v1/runtime/{vm}/adopt", tags=["runtime"], dependencies=MEMBER)
     def adopt(vm: VmName, body: AdoptRequest) -> dict[str, Any]:
-        """Record a VM that runs here without a record (after an interrupted migration)."""
-        spec = body.spec
+        """Record a VM that runs here without a record (after an interrupted migration);
+        with the disks this node copied in, where they are here."""
+        spec = migration_desk.arrived_spec(agent, body.spec)
         agent.check_spec_paths(spec)
         if spec.name != vm or agent.vms.status(vm).state != RunState.RUNNING:
             raise ConflictError(f"{vm} does not run here; nothing to adopt")
@@ -125,6 +128,22 @@ def runtime_routes(app: FastAPI, agent: NodeAgent) -> None:
             raise ConflictError(f"{vm} runs here; it will not be discarded")
         agent.driver.kill(layout)
         return {"discarded": vm}
+
+    @app.post("/v1/runtime/incoming/{task_id}/release", tags=["runtime"], dependencies=MEMBER)
+    def release(task_id: TaskId, request: Request) -> dict[str, Any]:
+        """The source of a migration with copied disks: every mirror ended clean, so the
+        receive task may stop serving the disks and resume the VM. Only the member that
+        created the receive task (or the local CLI)."""
+        task = agent.tasks.get(task_id)
+        caller = caller_of(request)
+        if task.kind != "migration.receive":
+            raise NotFoundError(f"task {task_id} is not a migration's receive task")
+        if not caller.local and task.owner != caller.node:
+            raise AccessDenied(f"{caller} did not start the migration of task {task_id}")
+        if task.state.finished:
+            raise ConflictError(f"the receive task {task_id} is {task.state.value} already")
+        agent.releases.release(task_id)
+        return {"released": task_id}
 
     @app.get("/v1/probe/stream", tags=["node"], dependencies=MEMBER)
     def probe(size: Annotated[int, Query(ge=1, le=MAX_PROBE)]) -> Response:

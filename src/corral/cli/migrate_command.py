@@ -76,11 +76,15 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
         transient=False,
     ) as bar:
         row = bar.add_task("migrate", total=None, phase="preflight", info="")
+        disks = None  # a row of its own for the disk copy (--with-local-disks), above RAM
         shown = ""
         for last in updates:
             p = last["progress"]
+            if p.get("phase") == "disks" and disks is None:
+                disks = bar.add_task("disks", total=None, phase="disks", info="")
+                bar.update(row, phase="RAM", info="after the disks")
             bar.update(
-                row,
+                disks if p.get("phase") == "disks" and disks is not None else row,
                 total=p.get("total") or None,
                 completed=p.get("done", 0),
                 phase=p.get("phase", last["state"]),
@@ -114,6 +118,19 @@ def print_migration_summary(result: dict[str, Any]) -> None:
         ("throughput", f"{result['throughput_mbps']} Mbit/s"),
         ("stream", f"{'TLS' if result['tls'] else 'plain TCP'}, {result['channels']} channel(s)"),
     ]
+    copied = result.get("disks")
+    if copied:
+        took = "" if copied.get("copy_s") is None else f" in {copied['copy_s']:.2f} s"
+        rate = "" if not copied.get("throughput_mbps") else f", {copied['throughput_mbps']} Mbit/s"
+        kept = "kept" if copied.get("source_images_kept") else "removed"
+        rows.append(
+            (
+                "disks",
+                f"{copied['copied']} copied: {_size(copied['data_bytes'])} of data"
+                f" ({_size(copied['virtual_bytes'])} virtual){took}{rate};"
+                f" source images {kept}",
+            )
+        )
     rows += [("policy", action) for action in result["policy_actions"]]
     for row in rows:
         table.add_row(*row)
@@ -190,7 +207,29 @@ def migrate_command(
         typer.Option(help="Completion timeout in s [120 per GiB of RAM, at least 60]."),
     ] = None,
     on_timeout: Annotated[str, typer.Option(help="abort or force.")] = "abort",
-    insecure: Annotated[bool, typer.Option(help="Send memory without TLS.")] = False,
+    insecure: Annotated[bool, typer.Option(help="Send memory (and disks) without TLS.")] = False,
+    with_local_disks: Annotated[
+        bool,
+        typer.Option(
+            "--with-local-disks",
+            help="Copy the disks the target does not share while the VM runs (NBD, TLS),"
+            " then move the RAM; the target writes its own config.",
+        ),
+    ] = False,
+    keep_source_disks: Annotated[
+        bool,
+        typer.Option(
+            "--keep-source-disks", help="After a success, keep the source's copied images."
+        ),
+    ] = False,
+    drop_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--drop-checkpoints",
+            help="Delete the checkpoints that cannot move with the VM (they live in the"
+            " source's images) instead of refusing.",
+        ),
+    ] = False,
     node: NodeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -222,6 +261,9 @@ def migrate_command(
             "timeout_s": timeout,
             "on_timeout": on_timeout,
             "insecure": insecure,
+            "with_local_disks": with_local_disks,
+            "keep_source_disks": keep_source_disks,
+            "drop_checkpoints": drop_checkpoints,
         }
         if plan:
             answer = client.post("/migrations/plan", body, timeout=120)

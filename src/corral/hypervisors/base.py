@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from corral.hypervisors.disk_copy_contract import DiskCopyDriver
 from corral.model import VmSpec
 
 
@@ -259,23 +260,35 @@ class MigrationStatus:
 
 
 ALL_MIGRATION_FEATURES = frozenset(
-    {"downtime-limit", "auto-converge", "postcopy", "multifd", "force"}
+    {"downtime-limit", "auto-converge", "postcopy", "multifd", "force", "disk-copy"}
 )
 
 
-class MigrationDriver(HypervisorDriver):
+class MigrationDriver(DiskCopyDriver, HypervisorDriver):
     """A hypervisor driver with the migration primitives, each run on its named side, and
     the finalize steps both sides end with. Every driver is one (QEMU, bhyve): the same
     object is the VM service's driver and the migration's."""
 
     # What the hypervisor's migration can do beyond sending the VM: a raisable downtime
-    # limit, auto-converge, post-copy, parallel streams, forcing completion.
+    # limit, auto-converge, post-copy, parallel streams, forcing completion, copying local
+    # disks while the VM runs (disk_copy_contract.py).
     migration_features: frozenset[str] = ALL_MIGRATION_FEATURES
 
-    def option_refusals(self, *, postcopy: bool, channels: int) -> list[tuple[str, str]]:
+    def option_refusals(
+        self, *, postcopy: bool, channels: int, local_disks: bool = False
+    ) -> list[tuple[str, str]]:
         """(code, message) for each asked-for option this hypervisor cannot do."""
         who = self.name
         reasons = []
+        if local_disks and "disk-copy" not in self.migration_features:
+            reasons.append(
+                (
+                    "disk-copy",
+                    f"{who}'s migration sends memory and devices only, it has no disk copy:"
+                    " --with-local-disks refused; the VM's disks must be on storage both"
+                    " nodes share",
+                )
+            )
         if postcopy and "postcopy" not in self.migration_features:
             reasons.append(("postcopy", f"{who} has no post-copy migration"))
         if channels > 1 and "multifd" not in self.migration_features:
@@ -305,8 +318,9 @@ class MigrationDriver(HypervisorDriver):
         """Destination: start the VM waiting for its state and listen on address:port."""
 
     @abstractmethod
-    def migration_incoming_done(self, layout: VmLayout) -> bool:
-        """Destination: True once the VM runs here (resuming it if it arrived paused).
+    def migration_incoming_done(self, layout: VmLayout, *, resume: bool = True) -> bool:
+        """Destination: True once the VM runs here (resuming it if it arrived paused); with
+        `resume` false, True once it arrived, left paused (its disk copy ends first).
 
         :raise HypervisorError: the incoming VM died.
         """

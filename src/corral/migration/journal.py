@@ -18,6 +18,7 @@ from corral.errors import NotFoundError
 class MigrationPhase(StrEnum):
     PREFLIGHT = "preflight"
     PREPARE = "prepare"  # the destination task is being created
+    DISK_COPY = "disk-copy"  # local disks are copied to the target (--with-local-disks)
     TRANSFER = "transfer"  # memory is moving
     SWITCHOVER = "switchover"  # the source has sent its last state
     HANDOFF = "handoff"  # the target runs the VM; ownership moves

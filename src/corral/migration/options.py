@@ -30,7 +30,16 @@ class MigrationOptions(BaseModel):
     )
     timeout_per_gib_s: float = Field(120, gt=0, le=86_400)
     on_timeout: OnTimeout = OnTimeout.ABORT
-    insecure: bool = Field(False, description="send memory without TLS")
+    insecure: bool = Field(False, description="send memory (and disks) without TLS")
+    with_local_disks: bool = Field(
+        False, description="copy the disks the target does not share while the VM runs"
+    )
+    keep_source_disks: bool = Field(
+        False, description="keep the source's copied disk images after a success"
+    )
+    drop_checkpoints: bool = Field(
+        False, description="delete the checkpoints that cannot move, with the move"
+    )
 
     def limits(self, ram_bytes: int) -> PolicyLimits:
         timeout = self.timeout_s or completion_timeout(ram_bytes, self.timeout_per_gib_s)

@@ -14,7 +14,10 @@ from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning
+from corral.hypervisors.disk_copy_contract import DiskCopyStatus, DiskUsage
 from corral.migration import policy
+from corral.migration.disk_phase import DiskCopyRun, after_success, disk_timeout, plan_copy
+from corral.migration.disk_placement import local_indexes, size_text
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.preflight import (
@@ -69,12 +72,36 @@ def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInpu
         except NotFoundError:
             has_vm = False
     source = NodeView(services.node, services.local_facts())
-    return PreflightInput(opts.vm, spec, observed, source, opts.target, target, has_vm)
+    usage: dict[int, DiskUsage] = {}
+    checkpoints: tuple[str, ...] = ()
+    if spec is not None and target is not None:
+        layout = services.vms.layout(opts.vm)
+        checkpoints = tuple(c.name for c in services.driver.list_checkpoints(layout))
+        storage = source.facts.get("storage", {}), target.facts.get("storage", {})
+        for index in local_indexes(spec, *storage):
+            disk = spec.disks[index]
+            with contextlib.suppress(CorralError, OSError):  # unknown: said so
+                usage[index] = services.driver.disk_usage(disk.path, disk.format)
+    return PreflightInput(
+        opts.vm,
+        spec,
+        observed,
+        source,
+        opts.target,
+        target,
+        has_vm,
+        disk_usage=usage,
+        checkpoints=checkpoints,
+        with_local_disks=opts.with_local_disks,
+        drop_checkpoints=opts.drop_checkpoints,
+    )
 
 
 def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
     reasons = preflight(gather(services, opts), services.driver.compatible)
-    refused = services.driver.option_refusals(postcopy=opts.postcopy, channels=opts.parallel)
+    refused = services.driver.option_refusals(
+        postcopy=opts.postcopy, channels=opts.parallel, local_disks=opts.with_local_disks
+    )
     return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
 
 
@@ -90,6 +117,7 @@ class SourceMigration:
     dest_task: str | None = None
     transfer_started: bool = False
     actions: list[str] = field(default_factory=list)
+    disks: DiskCopyRun | None = None  # the local disks' copy, once planned
 
     @property
     def vm(self) -> str:
@@ -124,8 +152,11 @@ class SourceMigration:
         with self.services.peer(self.opts.target) as client:
             return client.get(path)
 
-    def _prepare_destination(self, spec: VmSpec, timeout_s: float) -> tuple[str, int]:
+    def _prepare_destination(self, spec: VmSpec, timeout_s: float) -> dict[str, Any]:
+        """The receive task on the target, followed until it listens: its address, port
+        and (copying disks) NBD port."""
         self._step(MigrationPhase.PREPARE, f"a receive task on {self.opts.target}")
+        plan = self.disks.plan if self.disks is not None else None
         args = ReceiveArgs(
             migration_id=self.migration_id,
             spec=spec,
@@ -134,13 +165,10 @@ class SourceMigration:
             parallel=self.opts.parallel,
             postcopy=self.opts.postcopy,
             timeout_s=timeout_s,
-            # The identities preflight compared: the target checks them again before it
-            # starts anything, in case its storage changed since.
-            storage={
-                role: info.get("id")
-                for role, info in self.services.local_facts().get("storage", {}).items()
-                if role in ("data", "config", "system")
-            },
+            # The identities of the directories both nodes share: the target checks them
+            # again before it starts anything, in case its storage changed since.
+            storage=plan.identities if plan is not None else {},
+            disks=tuple(plan.receive_disks()) if plan is not None else (),
         ).model_dump(mode="json")
         with self.services.peer(self.opts.target) as client:
             task = client.post("/tasks", {"kind": "migration.receive", "args": args})
@@ -153,10 +181,10 @@ class SourceMigration:
 
         # Followed as it changes (the target streams it): no polling delay.
         with self.services.peer(self.opts.target) as client:
-            ready = client.follow_task(
+            ready: dict[str, Any] = client.follow_task(
                 dest_task, listening, timeout=DEST_READY_TIMEOUT, phase="listening"
             )
-        return str(ready["address"]), int(ready["port"])
+        return ready
 
     def _dest_outcome(self) -> str:
         """The receive task's state once it finishes (the target runs the VM on success)."""
@@ -243,6 +271,8 @@ class SourceMigration:
                 raise TaskCancelled()
             if self.services.clock() - watched >= self.services.watch_interval:
                 self._watch_target()
+                if self.disks is not None:
+                    self.disks.check()  # a failed mirror: the copy there would miss writes
                 watched = self.services.clock()
             sample = self.services.driver.migration_status(layout)
             if sample.state == MigrationState.COMPLETED:
@@ -307,10 +337,14 @@ class SourceMigration:
         limits = self.opts.limits(ram)
         self.ctx.progress(phase="prepare", done=0, total=ram, unit="bytes")
         try:
-            address, port = self._prepare_destination(
-                record.spec, limits.completion_timeout_s + 120
-            )
+            self.disks = self._plan_disks(record.spec)
+            ready = self._prepare_destination(record.spec, limits.completion_timeout_s + 120)
+            address, port = str(ready["address"]), int(ready["port"])
+            if self.disks.plan.copies:
+                self._copy_disks(address, int(ready["nbd_port"]))
             final = self._transfer(address, port, limits)
+            if self.disks.plan.copies:
+                self.disks.finish()  # every mirror ended clean, or this rolls back
         except BaseException as exc:
             self._fail_before_switchover(exc)
             raise
@@ -318,6 +352,8 @@ class SourceMigration:
         self.ctx.progress(
             phase="switchover", done=final.ram_total, total=final.ram_total, unit="bytes"
         )
+        if self.disks.plan.copies:
+            self._release_target()
         try:
             outcome = self._dest_outcome()
         except CorralError as exc:
@@ -326,8 +362,14 @@ class SourceMigration:
             self._handoff()
         else:
             self._settle(record.spec, outcome)
-        total = time.monotonic() - started
-        summary = {
+        summary = self._summary(final, time.monotonic() - started)
+        self.ctx.progress(
+            phase="done", done=final.ram_total, total=final.ram_total, unit="bytes", summary=summary
+        )
+        return summary
+
+    def _summary(self, final: MigrationStatus, total: float) -> dict[str, Any]:
+        summary: dict[str, Any] = {
             "vm": self.vm,
             "source": self.services.node,
             "target": self.opts.target,
@@ -346,10 +388,103 @@ class SourceMigration:
             "policy_actions": self.actions,
             "migration_id": self.migration_id,
         }
-        self.ctx.progress(
-            phase="done", done=final.ram_total, total=final.ram_total, unit="bytes", summary=summary
-        )
+        if self.disks is not None and self.disks.plan.copies:
+            run = self.disks
+            summary["disks"] = {
+                "copied": len(run.plan.copies),
+                "virtual_bytes": run.plan.virtual_bytes,
+                "data_bytes": run.plan.data_bytes,  # allocated on the source: what is sent
+                "copy_s": None if run.seconds is None else round(run.seconds, 3),
+                "throughput_mbps": (
+                    round(run.plan.data_bytes * 8 / 1e6 / run.seconds, 1) if run.seconds else None
+                ),
+                "source_images_kept": self.opts.keep_source_disks,
+            }
         return summary
+
+    # -- local disks -----------------------------------------------------------------------
+
+    def _plan_disks(self, spec: VmSpec) -> DiskCopyRun:
+        target = self.services.target_view(self.opts.target)
+        target_storage = target.facts.get("storage", {}) if target is not None else {}
+        plan = plan_copy(
+            self.services.driver,
+            spec,
+            self.opts,
+            self.services.local_facts().get("storage", {}),
+            target_storage,
+        )
+        return DiskCopyRun(self.services.driver, self.services.vms.layout(self.vm), plan)
+
+    def _copy_disks(self, address: str, nbd_port: int) -> None:
+        """Mirror every local disk into the target's new images until each is in step;
+        from then on every guest write reaches both before it completes."""
+        assert self.disks is not None
+        plan = self.disks.plan
+        tuning = self._tuning(source=True)
+        self._step(
+            MigrationPhase.DISK_COPY,
+            f"{len(plan.copies)} disk(s), {size_text(plan.data_bytes)} of data"
+            f" ({size_text(plan.virtual_bytes)} virtual) to {address}:{nbd_port},"
+            f" tls={tuning.tls_dir is not None}",
+        )
+        hostname = self.opts.target if tuning.tls_dir is not None else None
+        self.disks.start(address, nbd_port, tuning.tls_dir, hostname)
+        watched = [self.services.clock()]
+
+        def between() -> None:
+            if self.ctx.cancel_requested:
+                raise TaskCancelled()
+            if self.services.clock() - watched[0] >= self.services.watch_interval:
+                self._watch_target()
+                watched[0] = self.services.clock()
+
+        reported = [self.services.clock() - REPORT_INTERVAL]
+
+        def report(status: DiskCopyStatus, rate: float, eta: float | None) -> None:
+            now = self.services.clock()
+            if now - reported[0] < REPORT_INTERVAL and not status.ready:
+                return
+            reported[0] = now
+            self.ctx.progress(
+                phase="disks",
+                done=status.done,
+                total=status.total,
+                unit="bytes",
+                remaining=status.total - status.done,
+                mbps=round(rate * 8 / 1e6, 1),
+                eta_s=None if eta is None else round(eta, 1),
+                disks=len(plan.copies),
+                ready=status.ready,
+            )
+
+        self.disks.until_ready(
+            disk_timeout(plan, self.opts.timeout_per_gib_s),
+            between,
+            report,
+            self.services.poll_interval,
+        )
+        self.ctx.log(f"disks in step after {self.disks.seconds:.2f}s; the RAM migration starts")
+
+    def _release_target(self) -> None:
+        """Tell the target its disks hold every write: it stops serving them and resumes
+        the VM. Not heard: the target gives the VM up after its wait, and the outcome is
+        settled by asking both nodes."""
+        path = f"/runtime/incoming/{self.dest_task}/release"
+
+        def released() -> bool:
+            try:
+                with self.services.peer(self.opts.target) as client:
+                    client.post(path)
+            except ConflictError:
+                return True  # the task ended already: its outcome says how
+            except CorralError as exc:
+                self.ctx.log(f"the target did not take the release yet: {exc}")
+                return False
+            return True
+
+        with contextlib.suppress(CorralError):
+            wait_for(released, timeout=30, what="the target to take the release", interval=0.5)
 
     def _settle(self, spec: VmSpec, outcome: str) -> None:
         """After switchover without a plain success from the target: ask both nodes what
@@ -393,7 +528,11 @@ class SourceMigration:
         self._step(MigrationPhase.CLEANUP, f"stopping the source's {self._hypervisor}")
         try:
             self.services.driver.migration_finalize_source(spec, vms.layout(self.vm), success=True)
-        except CorralError as exc:
+            if self.disks is not None:
+                after_success(
+                    self.disks.plan, spec, vms.layout(self.vm), vms.dirs, self.opts, self.ctx.log
+                )
+        except (CorralError, OSError) as exc:
             self.ctx.log(f"cleanup of the source failed (the VM runs on the target): {exc}")
         self._step(MigrationPhase.SUCCEEDED)
 
@@ -436,6 +575,8 @@ class SourceMigration:
 
             with contextlib.suppress(CorralError):
                 wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)
+        if self.disks is not None:
+            self.disks.abandon()  # the source's images were never switched: they stay
         driver.migration_finalize_source(None, layout, success=False)
         self.services.vms.inventory.set_state(
             self.vm, "running", f"migration to {self.opts.target} rolled back"

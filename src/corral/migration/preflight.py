@@ -8,10 +8,11 @@ first, each with a code, a message and the node it concerns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from corral.hypervisors.disk_copy_contract import DiskUsage
+from corral.migration.disk_placement import DiskQuestion, storage_reasons
 from corral.model import VmSpec
 
 MEMORY_OVERHEAD_MIB = 64  # QEMU's own memory beside the guest's
@@ -46,38 +47,28 @@ class PreflightInput:
     target_name: str
     target: NodeView | None  # None: not a member of the cluster
     target_has_vm: bool = False
+    disk_usage: dict[int, DiskUsage] = field(default_factory=dict)  # local disks, measured
+    checkpoints: tuple[str, ...] = ()  # the VM's checkpoints on the source
+    with_local_disks: bool = False
+    drop_checkpoints: bool = False
 
 
 Compatibility = Callable[[VmSpec, dict[str, Any], dict[str, Any]], list[tuple[str, str]]]
 
 
-def _storage_reasons(spec: VmSpec, source: NodeView, target: NodeView) -> list[PreflightReason]:
-    reasons = []
-    src, dst = source.facts.get("storage", {}), target.facts.get("storage", {})
-    for role in ("data", "config", "system"):
-        s, d = src.get(role, {}), dst.get(role, {})
-        if not s.get("id") or s.get("id") != d.get("id"):
-            reasons.append(
-                PreflightReason(
-                    "storage-not-shared",
-                    f"the {role} directory is not shared: {source.name} has {s.get('path')} (id"
-                    f" {s.get('id')}), {target.name} has {d.get('path')} (id {d.get('id')})",
-                    target.name,
-                )
-            )
-    data_dir = src.get("data", {}).get("path")
-    for i, disk in enumerate(spec.disks):
-        roots = [Path(str(v.get("path"))) for v in src.values() if v.get("path")]
-        if not any(root == disk.path or root in disk.path.parents for root in roots):
-            reasons.append(
-                PreflightReason(
-                    "disk-not-shared",
-                    f"disk {i} ({disk.path}) is outside the node's VM directories (data: "
-                    f"{data_dir}), so it cannot be checked to be shared",
-                    source.name,
-                )
-            )
-    return reasons
+def _storage_reasons(inp: PreflightInput, spec: VmSpec, target: NodeView) -> list[PreflightReason]:
+    question = DiskQuestion(
+        spec=spec,
+        source=inp.source.name,
+        target=target.name,
+        source_storage=inp.source.facts.get("storage", {}),
+        target_storage=target.facts.get("storage", {}),
+        usage=inp.disk_usage,
+        checkpoints=inp.checkpoints,
+        with_local_disks=inp.with_local_disks,
+        drop_checkpoints=inp.drop_checkpoints,
+    )
+    return [PreflightReason(*reason) for reason in storage_reasons(question)]
 
 
 def preflight(inp: PreflightInput, compatible: Compatibility) -> list[PreflightReason]:
@@ -136,5 +127,5 @@ def preflight(inp: PreflightInput, compatible: Compatibility) -> list[PreflightR
                     "bridge", f"NIC {i} needs bridge {nic.bridge!r}, which {tgt} lacks", tgt
                 )
             )
-    reasons += _storage_reasons(spec, inp.source, target)
+    reasons += _storage_reasons(inp, spec, target)
     return reasons

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.model import NAME_PATTERN, VmSpec
 
 StorageRole = Literal["data", "config", "system"]
+
+
+class DiskCopy(BaseModel):
+    """A disk the source copies: the target creates it empty, of the same virtual size."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0, le=255, description="the disk's place in the spec")
+    virtual_bytes: int = Field(gt=0, le=64 * 1024**4)
 
 
 class ReceiveArgs(BaseModel):
@@ -28,3 +37,13 @@ class ReceiveArgs(BaseModel):
         default_factory=dict,
         description="the storage identities preflight compared; checked again here",
     )
+    disks: tuple[DiskCopy, ...] = Field(
+        (), description="local disks the source copies (--with-local-disks), served over NBD"
+    )
+
+    @model_validator(mode="after")
+    def _disks_of_the_spec(self) -> ReceiveArgs:
+        indexes = [d.index for d in self.disks]
+        if len(set(indexes)) != len(indexes) or any(i >= len(self.spec.disks) for i in indexes):
+            raise ValueError(f"disks: {indexes} are not distinct disks of the spec")
+        return self

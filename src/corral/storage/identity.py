@@ -82,4 +82,14 @@ def describe(directory: Path) -> dict[str, object]:
         "filesystem": mount.label,
         "shared_fs": mount.shared,
         "source": mount.source,
+        "free_bytes": free_bytes(directory),
     }
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use there (None: not there)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

@@ -422,7 +422,9 @@ class BhyveDriver(MigrationDriver):
             self.kill(layout)
             raise
 
-    def migration_incoming_done(self, layout: VmLayout) -> bool:
+    def migration_incoming_done(self, layout: VmLayout, *, resume: bool = True) -> bool:
+        # bhyve's tunnel resumes the VM itself; `resume` matters only with a disk copy,
+        # which bhyve has not (preflight refuses it).
         runtime = Runtime(layout)
         if runtime.bhyve_pid(self._name(layout)) is None:
             raise HypervisorError(f"the incoming bhyve exited: {log_tail(layout.process_log)}")

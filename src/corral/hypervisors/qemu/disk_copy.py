@@ -23,12 +23,12 @@ Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from corral.errors import HypervisorError
 from corral.hypervisors.base import VmLayout
+from corral.hypervisors.disk_copy_contract import DiskCopyStatus
 from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.waiting import wait_for
@@ -121,6 +121,7 @@ def mirror_disks(
 ) -> None:
     """Source: start mirroring disks `disks` to the target's NBD exports at address:port
     (`hostname`: the name the target's certificate must carry)."""
+    end_mirrors(layout, disks, abandon=True)  # what an interrupted migration left behind
     with QmpSession(layout.control_socket) as qmp:
         if tls_dir is not None:
             _tls_object(qmp, tls_dir, "client")
@@ -144,57 +145,79 @@ def mirror_disks(
                     "target": _client_node(index),
                     "sync": "full",
                     "copy-mode": "write-blocking",
+                    # Kept once ended, so a failure is seen (and dismissed by end_mirrors).
+                    "auto-dismiss": False,
                 },
             )
 
 
-@dataclass(frozen=True)
-class DiskCopyStatus:
-    """The mirrors of one VM: bytes copied of the total, and whether every one is ready
-    (in step with the source: the RAM migration may start)."""
+def copy_status(layout: VmLayout, disks: list[int]) -> DiskCopyStatus:
+    """Source: the mirrors of disks `disks` as QEMU sees them now.
 
-    done: int
-    total: int
-    ready: bool
-    jobs: int
-
-
-def copy_status(layout: VmLayout) -> DiskCopyStatus:
-    """Source: the mirrors as QEMU sees them now.
-
-    :raise HypervisorError: a mirror stopped with an error.
+    :raise HypervisorError: a mirror stopped with an error, or is gone.
     """
-    jobs = [
-        j
+    jobs = {
+        str(j.get("device")): j
         for j in HUB.query(layout.status_socket, "query-block-jobs")
         if str(j.get("device", "")).startswith("corral-mirror")
-    ]
-    for job in jobs:
-        if job.get("status") == "concluded" and job.get("error"):
-            raise HypervisorError(f"disk copy {job['device']} failed: {job['error']}")
+    }
+    for index in disks:
+        job = jobs.get(_mirror_job(index))
+        if job is None:
+            raise HypervisorError(f"the copy of disk {index} stopped (its mirror job is gone)")
+        if job.get("status") == "concluded" or job.get("error"):
+            raise HypervisorError(
+                f"the copy of disk {index} failed: {job.get('error') or job.get('status')}"
+            )
+    mine = [jobs[_mirror_job(i)] for i in disks]
     return DiskCopyStatus(
-        done=sum(int(j.get("offset", 0)) for j in jobs),
-        total=sum(int(j.get("len", 0)) for j in jobs),
-        ready=bool(jobs) and all(j.get("ready") for j in jobs),
-        jobs=len(jobs),
+        done=sum(int(j.get("offset", 0)) for j in mine),
+        total=sum(int(j.get("len", 0)) for j in mine),
+        ready=all(j.get("ready") for j in mine),
+        jobs=len(mine),
     )
+
+
+def _concluded(qmp: QmpSession, disks: list[int]) -> dict[str, dict[str, Any]] | None:
+    """The mirrors' jobs once none of them runs any more (None while one does)."""
+    jobs = {str(j.get("id")): j for j in qmp.execute("query-jobs")}
+    mine = {name: jobs[name] for name in map(_mirror_job, disks) if name in jobs}
+    if any(j.get("status") not in ("concluded", "null") for j in mine.values()):
+        return None
+    return mine
 
 
 def end_mirrors(layout: VmLayout, disks: list[int], *, abandon: bool, timeout: float = 60) -> None:
     """Source: end the mirrors and drop the NBD clients. After the migration completed
     (`abandon` false) a ready mirror finishes its last writes and completes without
     switching over; before it (`abandon`), the copy is dropped at once. Either way the
-    source's images stay as the guest wrote them."""
+    source's images stay as the guest wrote them.
+
+    :raise HypervisorError: (not abandoning) a mirror ended with an error or had already
+        stopped: the target's copy may miss writes.
+    """
+    failed = []
     with QmpSession(layout.control_socket) as qmp:
+        running = {str(j.get("id")) for j in qmp.execute("query-jobs")}
         for index in disks:
-            with contextlib.suppress(HypervisorError):  # not started, or already gone
+            if _mirror_job(index) not in running:
+                failed.append(f"disk {index}: its mirror had stopped")
+                continue
+            with contextlib.suppress(HypervisorError):  # concluded meanwhile
                 qmp.execute("block-job-cancel", {"device": _mirror_job(index), "force": abandon})
-
-        def gone() -> bool:
-            running = {str(j.get("device")) for j in qmp.execute("query-block-jobs")}
-            return not running & {_mirror_job(i) for i in disks}
-
-        wait_for(gone, timeout=timeout, what="the disk mirrors to end", interval=0.02)
+        ended = wait_for(
+            lambda: _concluded(qmp, disks),
+            timeout=timeout,
+            what="the disk mirrors to end",
+            interval=0.01,
+        )
+        for name, job in ended.items():
+            if job.get("error"):
+                failed.append(f"{name}: {job['error']}")
+            with contextlib.suppress(HypervisorError):
+                qmp.execute("job-dismiss", {"id": name})
         for index in disks:
             with contextlib.suppress(HypervisorError):
                 qmp.execute("blockdev-del", {"node-name": _client_node(index)})
+    if failed and not abandon:
+        raise HypervisorError("the disk copy is not whole: " + "; ".join(failed))

@@ -29,6 +29,7 @@ from corral.hypervisors.base import (
 from corral.hypervisors.processes import log_tail
 from corral.hypervisors.qemu import checkpoints, migration, process
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
+from corral.hypervisors.qemu.disk_copy_driver import QemuDiskCopy
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
 from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
@@ -56,7 +57,7 @@ QEMU_STATES = {
 }
 
 
-class QemuDriver(MigrationDriver):
+class QemuDriver(QemuDiskCopy, MigrationDriver):
     name = "qemu"
 
     def __init__(
@@ -308,13 +309,14 @@ class QemuDriver(MigrationDriver):
             self.kill(layout)
             raise
 
-    def migration_incoming_done(self, layout: VmLayout) -> bool:
+    def migration_incoming_done(self, layout: VmLayout, *, resume: bool = True) -> bool:
         if process.find_pid(layout) is None:
             log = log_tail(layout.process_log)
             raise HypervisorError(f"the incoming QEMU exited: {log}")
         state = migration.incoming_state(layout)
-        if state == "paused":  # the source was paused at the end (a forced completion)
-            self.resume(layout)
+        if state == "paused":  # arrived: the incoming QEMU runs with -S
+            if resume:
+                self.resume(layout)
             return True
         if state in ("internal-error", "shutdown", "guest-panicked"):
             raise HypervisorError(f"the incoming VM is in state {state}")
