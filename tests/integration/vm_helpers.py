@@ -28,7 +28,11 @@ def corral_json(node: LabNode, *args: str) -> Any:
 
 
 def guest_args(
-    image: GuestImage, ip: str | None = None, disk: bool = True, dirty_mib: int = 0
+    image: GuestImage,
+    ip: str | None = None,
+    disk: bool = True,
+    dirty_mib: int = 0,
+    pattern: bool = False,
 ) -> list[str]:
     """`vm create` flags that boot the test guest."""
     args = [
@@ -37,7 +41,12 @@ def guest_args(
         "--initrd",
         str(image.initrd),
         "--cmdline",
-        guest_cmdline(ip=ip, dirty_mib=dirty_mib, disk="vda" if disk else None),
+        guest_cmdline(
+            ip=ip,
+            dirty_mib=dirty_mib,
+            disk="vda" if disk else None,
+            pattern="vda" if disk and pattern else None,
+        ),
     ]
     if disk:
         args += ["--disk", "32"]

@@ -93,3 +93,36 @@ def test_counter_stream_prints_increasing_sequence_and_uptime(
     uptimes = [float(f[2]) for f in fields]
     assert uptimes == sorted(uptimes)
     assert uptimes[-1] > uptimes[0]
+
+
+def test_disk_pattern_checks_every_block_and_reports_one_a_copy_missed(
+    tmp_path: Path, busybox_env: dict[str, str], stopper: list[subprocess.Popen[bytes]]
+) -> None:
+    for applet in ("yes", "cat"):
+        if not (Path(busybox_env["PATH"]) / applet).exists():
+            (Path(busybox_env["PATH"]) / applet).symlink_to(BUSYBOX)
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as empty:
+        empty.truncate(8 * 1024 * 1024)
+    out = tmp_path / "out.log"
+    stopper.append(_start("bin/disk-pattern", [str(disk), "8"], busybox_env, tmp_path, out))
+    wait_for(lambda: "PATPASS 2 7" in out.read_text(), timeout=60, what="two passes")
+    assert "PATERR" not in out.read_text()  # pass 2 read back every block of pass 1
+    data = disk.read_bytes()
+    for i in range(1, 8):  # each block holds its own line, of a recent pass, all 4 KiB of it
+        line = data[i << 20 : (i << 20) + 4096].split(b"\n")[0]
+        assert line.startswith(f"PAT {i} ".encode()), line
+        assert data[i << 20 : (i << 20) + 4096] == (line + b"\n") * 512
+    # Every block as a copy that missed it would leave it: zeros. The block being rewritten
+    # at that moment may be written over before it is read: every other one must show.
+    with disk.open("r+b") as zeroed:
+        for i in range(1, 8):
+            zeroed.seek(i << 20)
+            zeroed.write(b"\0" * 4096)
+        zeroed.flush()
+        os.fsync(zeroed.fileno())
+
+    def missed() -> set[str]:
+        return {ln.split()[2] for ln in out.read_text().splitlines() if ln.startswith("PATERR")}
+
+    wait_for(lambda: len(missed()) >= 6, timeout=60, what="the missed blocks to show")

@@ -142,7 +142,8 @@ def test_without_the_flag_a_local_disk_is_refused_naming_the_flag_and_the_bytes(
     assert "100.0 MiB of 1024.0 MiB to copy" in disk.message
     assert "disk 0 (/shared/data/web/disk0.qcow2)" in disk.message
     unshared = [r.message for r in reasons if r.code == "storage-not-shared"]
-    assert len(unshared) == 3 and all("--with-local-disks" in m for m in unshared)
+    assert len(unshared) == 3
+    assert all("--with-local-disks" in m for m in unshared)
 
 
 def test_with_the_flag_unshared_directories_and_local_disks_pass() -> None:
@@ -152,8 +153,10 @@ def test_with_the_flag_unshared_directories_and_local_disks_pass() -> None:
 def test_with_the_flag_the_targets_data_directory_must_hold_the_copy() -> None:
     small = {**LOCAL, "data": {**LOCAL["data"], "free_bytes": 50 * MIB}}
     [reason] = local_check(with_local_disks=True, target_storage=small)
-    assert reason.code == "disk-space" and reason.node == "node2"
-    assert "50.0 MiB free" in reason.message and "needs 100.0 MiB" in reason.message
+    assert reason.code == "disk-space"
+    assert reason.node == "node2"
+    assert "50.0 MiB free" in reason.message
+    assert "needs 100.0 MiB" in reason.message
     roomy = {**LOCAL, "data": {**LOCAL["data"], "free_bytes": 200 * MIB}}
     assert local_check(with_local_disks=True, target_storage=roomy) == []
 
@@ -161,7 +164,8 @@ def test_with_the_flag_the_targets_data_directory_must_hold_the_copy() -> None:
 def test_checkpoints_that_cannot_move_are_named_and_need_drop_checkpoints() -> None:
     [reason] = local_check(with_local_disks=True, checkpoints=("a", "b"))
     assert reason.code == "checkpoints"
-    assert "2 checkpoint(s) (a, b)" in reason.message and "--drop-checkpoints" in reason.message
+    assert "2 checkpoint(s) (a, b)" in reason.message
+    assert "--drop-checkpoints" in reason.message
     assert local_check(with_local_disks=True, checkpoints=("a",), drop_checkpoints=True) == []
 
 
@@ -194,7 +198,8 @@ def test_mixed_disks_copy_only_the_local_ones() -> None:
 def test_a_hypervisor_without_disk_copy_refuses_the_flag() -> None:
     refusals = BhyveDriver().option_refusals(postcopy=False, channels=1, local_disks=True)
     assert [code for code, _ in refusals] == ["disk-copy"]
-    assert "no disk copy" in refusals[0][1] and "--with-local-disks" in refusals[0][1]
+    assert "no disk copy" in refusals[0][1]
+    assert "--with-local-disks" in refusals[0][1]
     assert QemuDriver().option_refusals(postcopy=False, channels=1, local_disks=True) == []
 
 
@@ -210,7 +215,8 @@ def test_the_target_puts_copied_disks_in_its_own_data_directory() -> None:
     assert moved.disks[0] == spec.disks[0]  # shared: stays where it is
     assert moved.disks[1].path == Path("/local/data/web/disk1.qcow2")
     assert moved.disks[1].size_mib == 4  # created here: deleted with the VM
-    assert moved.cpu == spec.cpu and moved.nics == spec.nics
+    assert moved.cpu == spec.cpu
+    assert moved.nics == spec.nics
 
 
 def test_every_reason_is_listed_not_just_the_first() -> None:

@@ -118,3 +118,20 @@ def test_a_join_address_is_compared_in_its_canonical_spelling() -> None:
     assert normalized_ip("::ffff:10.0.0.7") == "10.0.0.7"
     assert normalized_ip("fe80:0:0::1") == "fe80::1"
     assert normalized_ip("not an address") == ""
+
+
+def test_only_the_member_that_created_a_receive_task_may_release_it(
+    agent: NodeAgent, member: TestClient
+) -> None:
+    other = TestClient(peer_app(agent, certificate(agent, "other", "127.0.0.3")))
+    # A receive task "other" created (its arguments are never run: the runner is not started).
+    task = agent.tasks.create("migration.receive", {"spec": {"name": "vm1"}}, "other")
+    path = f"/v1/runtime/incoming/{task.id}/release"
+    refused = member.post(path)
+    assert refused.status_code == 403
+    assert "did not start the migration" in refused.json()["error"]["message"]
+    assert not agent.releases.wait(task.id, 0, lambda: False)  # nothing was released
+    assert other.post(path).status_code == 200
+    assert agent.releases.wait(task.id, 0, lambda: False)
+    sleeping = member.post("/v1/tasks", json={"kind": "sleep", "args": {"seconds": 0}}).json()
+    assert member.post(f"/v1/runtime/incoming/{sleeping['id']}/release").status_code == 404

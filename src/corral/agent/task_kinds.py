@@ -11,7 +11,7 @@ from corral.errors import CorralError, UserInputError
 from corral.migration.options import MigrationOptions
 from corral.migration.orchestrator import run_source
 from corral.migration.receive_args import ReceiveArgs
-from corral.migration.receiver import recover_receiver, run_receiver
+from corral.migration.receiver import recover_receiver, run_receiver, target_spec
 from corral.migration.recovery import recover_migration
 from corral.model import is_valid_name
 from corral.tasks.runner import TaskContext, TaskKind
@@ -149,7 +149,8 @@ def _validate_send(args: dict[str, Any]) -> None:
 
 def _validate_receive(agent: NodeAgent, args: dict[str, Any]) -> None:
     """A receive task comes from another member: its arguments must be a ReceiveArgs whose
-    spec's every host file lies in this node's image directories (never its state or keys)."""
+    spec, as this node would run it (copied disks in its own data directory), has every
+    host file in this node's image directories (never its state or keys)."""
     try:
         receive = ReceiveArgs.model_validate(args)
     except ValidationError as exc:
@@ -157,7 +158,7 @@ def _validate_receive(agent: NodeAgent, args: dict[str, Any]) -> None:
         raise UserInputError(
             "args." + ".".join(str(p) for p in first["loc"]), first["msg"]
         ) from exc
-    agent.check_spec_paths(receive.spec)
+    agent.check_spec_paths(target_spec(receive, agent.vms))
 
 
 def migration_kinds(agent: NodeAgent) -> list[TaskKind]:

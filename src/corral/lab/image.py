@@ -44,6 +44,7 @@ GUEST_SCRIPTS = {  # path in the guest -> file in corral/lab/guest
     "bin/counter-stream": "counter-stream.sh",
     "bin/dirty-mem": "dirty-mem.sh",
     "bin/disk-seq": "disk-seq.sh",
+    "bin/disk-pattern": "disk-pattern.sh",
 }
 
 
@@ -58,7 +59,11 @@ class GuestImage:
 
 
 def guest_cmdline(
-    ip: str | None = None, port: int = 7000, dirty_mib: int = 0, disk: str | None = None
+    ip: str | None = None,
+    port: int = 7000,
+    dirty_mib: int = 0,
+    disk: str | None = None,
+    pattern: str | None = None,
 ) -> str:
     """The kernel command line that configures the test guest (see guest/init.sh)."""
     words = ["console=ttyS0", "quiet", "panic=-1", f"corral.port={port}"]
@@ -68,6 +73,8 @@ def guest_cmdline(
         words.append(f"corral.dirty={dirty_mib}")
     if disk:
         words.append(f"corral.disk={disk}")
+    if pattern:
+        words.append(f"corral.pattern={pattern}")
     return " ".join(words)
 
 

@@ -446,12 +446,14 @@ class SourceMigration:
             if now - reported[0] < REPORT_INTERVAL and not status.ready:
                 return
             reported[0] = now
+            # Ready: in step, whatever a write in flight adds to the job's counters.
+            done = status.total if status.ready else status.done
             self.ctx.progress(
                 phase="disks",
-                done=status.done,
+                done=done,
                 total=status.total,
                 unit="bytes",
-                remaining=status.total - status.done,
+                remaining=status.total - done,
                 mbps=round(rate * 8 / 1e6, 1),
                 eta_s=None if eta is None else round(eta, 1),
                 disks=len(plan.copies),

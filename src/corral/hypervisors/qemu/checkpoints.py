@@ -19,6 +19,7 @@ from pathlib import Path
 from corral import commands
 from corral.errors import ConflictError, HypervisorError, NotFoundError, UserInputError
 from corral.hypervisors.base import CheckpointInfo, VmLayout
+from corral.hypervisors.qemu.migration import plain_stream
 from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.model import VmSpec, spec_digest
 from corral.waiting import wait_for
@@ -60,7 +61,11 @@ def _wait_migration(session: QmpSession, what: str, timeout: float) -> None:
             raise HypervisorError(f"{what} failed: {info.get('error-desc', 'no reason given')}")
         if status == "cancelled":
             raise HypervisorError(f"{what} was cancelled")
-        return bool(status == "completed")
+        if status != "completed":
+            return False
+        # QEMU says completed before its migration thread leaves finish-migrate, and refuses
+        # `cont` until then ("Migration is not finalized yet").
+        return bool(session.execute("query-status")["status"] != "finish-migrate")
 
     wait_for(finished, timeout=timeout, what=what, interval=0.05)
 
@@ -96,7 +101,8 @@ def save(
                 {"device": f"disk{i}", "name": snapshot_name(name)},
             )
             snapshots.append(f"disk{i}")
-        session.execute("migrate-set-parameters", {"max-bandwidth": SAVE_BANDWIDTH})
+        # A VM that migrated in with TLS keeps its credentials set: not for a file.
+        plain_stream(session, SAVE_BANDWIDTH)
         session.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
         _wait_migration(session, "saving the VM state", timeout)
         info = CheckpointInfo(

@@ -30,6 +30,13 @@ def _capabilities(session: QmpSession, tuning: MigrationTuning, source: bool) ->
     )
 
 
+def plain_stream(session: QmpSession, bandwidth: int) -> None:
+    """Settings for a stream to a local file (a checkpoint): whatever an earlier migration
+    in or out left (TLS credentials, parallel channels, post-copy) is reset."""
+    _capabilities(session, MigrationTuning(auto_converge=False), source=True)
+    session.execute("migrate-set-parameters", {"tls-creds": "", "max-bandwidth": bandwidth})
+
+
 def _new_object(session: QmpSession, qom_type: str, object_id: str, **props: Any) -> str:
     """Add a QOM object, replacing one of that id left by an earlier attempt."""
     with contextlib.suppress(HypervisorError):

@@ -4,8 +4,10 @@
 #   corral.port=N           TCP port of the counter stream (default 7000)
 #   corral.dirty=N          dirty N MiB of memory continuously (default 0: off)
 #   corral.disk=vdX         write an increasing sequence to sector 0 of /dev/vdX and check it
+#   corral.pattern=vdX      write a known pattern across /dev/vdX (from 1 MiB) and check it
 # Console protocol (serial): "BOOTED", then "COUNTER <seq> <uptime>" every 100 ms;
-# "DISKSTART <n>", "DISKSEQ <n>", "DISKERR expected <n> got <m>", "DIRTYING <n> MiB".
+# "DISKSTART <n>", "DISKSEQ <n>", "DISKERR expected <n> got <m>", "DIRTYING <n> MiB",
+# "PATPASS <pass> <blocks>", "PATERR block <i> pass <p>: <found>".
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -29,6 +31,7 @@ IP=$(arg ip "")
 PORT=$(arg port 7000)
 DIRTY=$(arg dirty 0)
 DISK=$(arg disk "")
+PATTERN=$(arg pattern "")
 
 ip link set lo up
 if [ -n "$IP" ]; then
@@ -44,6 +47,11 @@ if [ -n "$DISK" ]; then
     i=0
     while [ ! -b "/dev/$DISK" ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
     /bin/disk-seq "/dev/$DISK" &
+fi
+if [ -n "$PATTERN" ]; then
+    i=0
+    while [ ! -b "/dev/$PATTERN" ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
+    /bin/disk-pattern "/dev/$PATTERN" &
 fi
 
 # The CPU topology as the guest kernel sees it, for tests of sockets/cores/threads.
