@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.commands import pid_alive, run
 from corral.lab import agents
 from corral.lab.image import GuestImage
 from corral.lab.plan import LabNode, LabPlan
@@ -52,7 +54,9 @@ class Scenario:
     def target(self) -> LabNode:
         return self.lab.nodes[1]
 
-    def boot(self, image: GuestImage) -> None:
+    def boot(self, image: GuestImage, fill_mib: int = 0) -> None:
+        """Create and start the guest; `fill_mib` of its disk (from 1 MiB) written with
+        data first, so a disk copy has that much to send."""
         ip = str(self.lab.guest_address(self.host).ip)
         corral_ok(
             self.source,
@@ -61,9 +65,12 @@ class Scenario:
             self.vm,
             "--nic",
             "br0",
-            *guest_args(image, f"{ip}/24", dirty_mib=16),
-            "--start",
+            *guest_args(image, f"{ip}/24", dirty_mib=16, disk_mib=max(32, fill_mib + 8)),
         )
+        if fill_mib:
+            write = f"write -P 0x5a 1M {fill_mib}M"
+            run(["qemu-io", "-f", "qcow2", "-c", write, str(self.disk_path(self.source))])
+        corral_ok(self.source, "vm", "start", self.vm)
         wait_for(
             lambda: any(ln.startswith("DISKSEQ") for ln in console_lines(self.source, self.vm)),
             timeout=120,
@@ -93,6 +100,28 @@ class Scenario:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
+    def disk_path(self, node: LabNode) -> Path:
+        record = self._record(node)
+        assert record is not None, f"{node.name} has no record of {self.vm}"
+        return Path(record["spec"]["disks"][0]["path"])
+
+    def images(self, node: LabNode) -> list[Path]:
+        """The VM's disk images in `node`'s own data directory (a local-storage lab)."""
+        return sorted((self.lab.storage_dir(node) / "data" / self.vm).glob("disk*"))
+
+    def wait_phase(self, phase: str, done_at_least: int = 1) -> None:
+        """Until the migration's progress shows `phase` with that many bytes done."""
+
+        def reached() -> bool:
+            task = self.send_task()
+            return bool(
+                task
+                and task["progress"].get("phase") == phase
+                and task["progress"].get("done", 0) >= done_at_least
+            )
+
+        wait_for(reached, timeout=90, what=f"the migration's {phase} phase", interval=0.05)
+
     def send_task(self) -> dict[str, Any] | None:
         with agents.client(self.source, timeout=5) as c:
             tasks = c.get("/tasks")
@@ -105,16 +134,11 @@ class Scenario:
 
     def wait_transfer(self) -> None:
         """Until the migration is sending memory."""
+        self.wait_phase("transfer")
 
-        def transferring() -> bool:
-            task = self.send_task()
-            return bool(
-                task
-                and task["progress"].get("phase") == "transfer"
-                and task["progress"].get("done", 0) > 0
-            )
-
-        wait_for(transferring, timeout=90, what="the transfer to start", interval=0.05)
+    def wait_disk_copy(self) -> None:
+        """Until the disk copy has sent 4 MiB (of more: BANDWIDTH_MIB makes it last)."""
+        self.wait_phase("disks", 4 << 20)
 
     def wait_migration_command(self, timeout: float = 300) -> None:
         assert self.thread is not None
@@ -196,6 +220,24 @@ class Scenario:
             if self._record(node) is not None:
                 corral(node, "vm", "kill", self.vm)
                 corral(node, "vm", "delete", self.vm)
+
+
+def qemu_pid(s: Scenario, node_index: int) -> int:
+    node = s.lab.nodes[node_index]
+    found = wait_for(
+        lambda: (r := runtime(node, s.vm)) is not None and r["pid"] and r,
+        timeout=30,
+        what=f"a QEMU for {s.vm} on {node.name}",
+    )
+    return int(found["pid"])
+
+
+def kill_agent(s: Scenario, node_index: int) -> None:
+    node = s.lab.nodes[node_index]
+    pid = agents.agent_pid(node)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="the agent to die")
 
 
 def report(fault: str, outcome: dict[str, Any]) -> None:

@@ -11,52 +11,18 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from corral.commands import pid_alive, run
+from corral.commands import run
 from corral.lab import agents
-from corral.lab.image import GuestImage
-from corral.lab.plan import LabPlan
 from corral.storage.identity import IDENTITY_FILE
 from corral.waiting import wait_for
-from tests.faults.scenario import Scenario, report, runtime
+from tests.faults.scenario import Scenario, kill_agent, qemu_pid, report
 from tests.integration.vm_helpers import corral_ok
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
-
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, lab: LabPlan, guest_image: GuestImage
-) -> Iterator[Scenario]:
-    index = list(request.session.items).index(request.node) % 100
-    s = Scenario(lab, f"f{index}", host=100 + index)
-    s.boot(guest_image)
-    yield s
-    s.cleanup()
-    for node in lab.nodes:  # a killed agent is back for the next scenario
-        agents.start_agent(lab, node)
-
-
-def qemu_pid(s: Scenario, node_index: int) -> int:
-    node = s.lab.nodes[node_index]
-    found = wait_for(
-        lambda: (r := runtime(node, s.vm)) is not None and r["pid"] and r,
-        timeout=30,
-        what=f"a QEMU for {s.vm} on {node.name}",
-    )
-    return int(found["pid"])
-
-
-def kill_agent(s: Scenario, node_index: int) -> None:
-    node = s.lab.nodes[node_index]
-    pid = agents.agent_pid(node)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(pid), timeout=10, what="the agent to die")
 
 
 def test_kill_9_of_the_destination_qemu_during_transfer(scenario: Scenario) -> None:

@@ -33,6 +33,7 @@ def guest_args(
     disk: bool = True,
     dirty_mib: int = 0,
     pattern: bool = False,
+    disk_mib: int = 32,
 ) -> list[str]:
     """`vm create` flags that boot the test guest."""
     args = [
@@ -49,7 +50,7 @@ def guest_args(
         ),
     ]
     if disk:
-        args += ["--disk", "32"]
+        args += ["--disk", str(disk_mib)]
     return args
 
 

@@ -90,8 +90,10 @@ class DiskCopyDriver:
         *,
         tls_dir: Path | None,
         hostname: str | None,
+        bandwidth: int = 0,
     ) -> None:
-        """Source: start copying disks `disks` to the target, every guest write kept in step."""
+        """Source: start copying disks `disks` to the target, every guest write kept in step
+        (`bandwidth`: bytes/s for each disk's background copy; 0: no limit)."""
         raise self._no_copy()
 
     def disk_copy_status(self, layout: VmLayout, disks: list[int]) -> DiskCopyStatus:

@@ -79,10 +79,20 @@ class DiskCopyRun:
     seconds: float | None = None
     copied_bytes: int = 0
 
-    def start(self, address: str, port: int, tls_dir: Any, hostname: str | None) -> None:
+    def start(
+        self, address: str, port: int, tls_dir: Any, hostname: str | None, bandwidth: int
+    ) -> None:
+        """`bandwidth`: the migration's cap in bytes/s (0: none), shared by the disks."""
         self.started = True
+        share = bandwidth // len(self.plan.copies) if bandwidth else 0
         self.driver.disk_mirror(
-            self.layout, self.plan.copies, address, port, tls_dir=tls_dir, hostname=hostname
+            self.layout,
+            self.plan.copies,
+            address,
+            port,
+            tls_dir=tls_dir,
+            hostname=hostname,
+            bandwidth=max(share, 1) if bandwidth else 0,
         )
 
     def until_ready(

@@ -429,7 +429,7 @@ class SourceMigration:
             f" tls={tuning.tls_dir is not None}",
         )
         hostname = self.opts.target if tuning.tls_dir is not None else None
-        self.disks.start(address, nbd_port, tuning.tls_dir, hostname)
+        self.disks.start(address, nbd_port, tuning.tls_dir, hostname, tuning.bandwidth_bytes)
         watched = [self.services.clock()]
 
         def between() -> None:

@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 
 from corral.errors import CorralError, NotFoundError
-from corral.hypervisors.base import RunState
+from corral.hypervisors.base import RunState, VmLayout
 from corral.migration.journal import MigrationJournal, MigrationPhase
 from corral.migration.recovery_plan import RecoveryPlan, Where, plan_recovery
 from corral.migration.services import MigrationServices
@@ -46,6 +46,15 @@ def _stop_source_copy(
         services.driver.migration_finalize_source(record_spec, vms.layout(vm), success=True)
 
 
+def _drop_disk_copy(services: MigrationServices, vm: str, layout: VmLayout) -> None:
+    """A disk copy the interrupted migration left running here is dropped: the source's
+    images were never switched to it (a hypervisor without disk copy has none)."""
+    with contextlib.suppress(CorralError):
+        disks = list(range(len(services.vms.record(vm).spec.disks)))
+        if disks and "disk-copy" in services.driver.migration_features:
+            services.driver.disk_mirror_end(layout, disks, abandon=True)
+
+
 def _observed(remote: dict[str, Any] | None) -> RunState | None:
     if remote is None:
         return None
@@ -67,6 +76,7 @@ def recover_vm(
         with contextlib.suppress(CorralError):
             if driver.migration_status(layout).state.in_flight:
                 driver.migration_cancel(layout)
+        _drop_disk_copy(services, vm, layout)
     remote = remote_runtime(services, target, vm)
     plan = plan_recovery(local, _observed(remote), bool(remote and remote.get("recorded")))
     found: dict[str, Any] = {

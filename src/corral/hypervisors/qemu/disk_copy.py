@@ -118,9 +118,11 @@ def mirror_disks(
     *,
     tls_dir: Path | None,
     hostname: str | None,
+    speed: int = 0,
 ) -> None:
     """Source: start mirroring disks `disks` to the target's NBD exports at address:port
-    (`hostname`: the name the target's certificate must carry)."""
+    (`hostname`: the name the target's certificate must carry; `speed`: bytes/s each
+    mirror may copy, 0 for no limit)."""
     end_mirrors(layout, disks, abandon=True)  # what an interrupted migration left behind
     with QmpSession(layout.control_socket) as qmp:
         if tls_dir is not None:
@@ -147,6 +149,7 @@ def mirror_disks(
                     "copy-mode": "write-blocking",
                     # Kept once ended, so a failure is seen (and dismissed by end_mirrors).
                     "auto-dismiss": False,
+                    "speed": speed,
                 },
             )
 

@@ -58,8 +58,11 @@ class QemuDiskCopy(DiskCopyDriver):
         *,
         tls_dir: Path | None,
         hostname: str | None,
+        bandwidth: int = 0,
     ) -> None:
-        disk_copy.mirror_disks(layout, disks, address, port, tls_dir=tls_dir, hostname=hostname)
+        disk_copy.mirror_disks(
+            layout, disks, address, port, tls_dir=tls_dir, hostname=hostname, speed=bandwidth
+        )
 
     def disk_copy_status(self, layout: VmLayout, disks: list[int]) -> DiskCopyStatus:
         return disk_copy.copy_status(layout, disks)
