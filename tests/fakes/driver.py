@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from corral.errors import HypervisorError
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
@@ -19,6 +20,7 @@ from corral.hypervisors.base import (
     RuntimeStatus,
     VmLayout,
 )
+from corral.hypervisors.disk_copy_contract import DiskCopyStatus, DiskUsage
 from corral.model import VmSpec
 
 
@@ -30,6 +32,7 @@ class FakeDriver(MigrationDriver):
         self.vms: dict[Path, RunState] = {}
         self.migration = MigrationState.NONE
         self.elapsed_ms = 0
+        self.looks = 0
 
     def _did(self, what: str, layout: VmLayout, state: RunState | None = None) -> None:
         self.calls.append(f"source: {what}")
@@ -111,6 +114,31 @@ class FakeDriver(MigrationDriver):
 
     def measure_dirty_rate(self, layout: VmLayout, seconds: int) -> int:
         return 0
+
+    # -- disk copy: a 64 MiB disk with 8 MiB of data, in step after `copy_looks` looks ------
+
+    copy_looks = 3
+    copy_fails_at: int | None = None  # the look at which a mirror fails
+    mirror_broken = False  # the mirror ends with an error at switchover
+
+    def disk_usage(self, path: Path, fmt: str) -> DiskUsage:
+        return DiskUsage(64 << 20, 8 << 20)
+
+    def disk_mirror(self, layout: VmLayout, disks: list[int], *_: Any, **__: Any) -> None:
+        self._did(f"mirror disks {disks}", layout)
+        self.looks = 0
+
+    def disk_copy_status(self, layout: VmLayout, disks: list[int]) -> DiskCopyStatus:
+        self.looks += 1
+        if self.copy_fails_at is not None and self.looks >= self.copy_fails_at:
+            raise HypervisorError("the copy of disk 0 failed: No space left on device")
+        done = min(self.looks, self.copy_looks) * (64 << 20) // self.copy_looks
+        return DiskCopyStatus(done, 64 << 20, done == 64 << 20, len(disks))
+
+    def disk_mirror_end(self, layout: VmLayout, disks: list[int], *, abandon: bool) -> None:
+        self._did(f"end mirrors (abandon={abandon})", layout)
+        if self.mirror_broken and not abandon:
+            raise HypervisorError("the disk copy is not whole: disk 0: its mirror had stopped")
 
 
 _ = MigrationTuning  # the contract's type, named for readers of migration_start

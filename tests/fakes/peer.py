@@ -20,6 +20,8 @@ class FakePeer:
         self.task: dict[str, Any] | None = None
         self.ends_as: str | None = None  # "failed", say: the task ends so mid-transfer
         self.runs = RunState.STOPPED
+        self.copies = False  # the receive task got disks to copy: it waits for the release
+        self.released = False
 
     def __enter__(self) -> FakePeer:
         return self
@@ -31,7 +33,9 @@ class FakePeer:
         if self.task["state"] == "running":
             if self.ends_as is not None and self.source.migration == MigrationState.ACTIVE:
                 self.task.update(state=self.ends_as, error="its QEMU died")
-            elif self.source.migration == MigrationState.COMPLETED:
+            elif self.source.migration == MigrationState.COMPLETED and (
+                self.released or not self.copies
+            ):
                 self.task["state"], self.runs = "succeeded", RunState.RUNNING
         return self.task
 
@@ -54,10 +58,17 @@ class FakePeer:
         self.calls.append(f"target: POST {path}")
         if path == "/tasks":
             listening = {"phase": "listening", "address": "127.0.0.1", "port": 4444}
+            self.copies = bool(body["args"]["disks"])
+            if self.copies:
+                listening["nbd_port"] = 4445
             self.task = {"id": "t1", "state": "running", "error": None, "progress": listening}
             return self.task
+        if path.endswith("/release"):
+            self.released = True
         if path.endswith("/cancel") and self.task and self.task["state"] == "running":
             self.task.update(state="cancelled", error="cancelled")
         if path.endswith("/discard"):
             self.runs = RunState.STOPPED
+        self.copies = False  # the receive task got disks to copy: it waits for the release
+        self.released = False
         return {}

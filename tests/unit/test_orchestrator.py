@@ -17,10 +17,11 @@ from corral.hypervisors.base import RunState
 from corral.migration.journal import MigrationJournal
 from corral.migration.operations import MigrationDesk
 from corral.migration.options import MIB, MigrationOptions
-from corral.migration.orchestrator import MigrationFailed, PreflightFailed, run_source
+from corral.migration.orchestrator import MigrationFailed, run_source
 from corral.migration.preflight import NodeView
 from corral.migration.services import MigrationServices
-from corral.model import VmSpec
+from corral.migration.source_checks import PreflightFailed
+from corral.model import DiskSpec, VmSpec
 from corral.tasks.runner import TaskContext
 from corral.tasks.store import TaskStore
 from corral.vms.directories import NodeDirectories
@@ -38,8 +39,14 @@ FACTS = {
 }
 
 
+LOCAL = {
+    **FACTS,
+    "storage": {r: {"path": f"/node2/{r}", "id": f"n2-{r}"} for r in ("data", "config", "system")},
+}
+
+
 class Rig:
-    def __init__(self, root: Path, script: list[M]) -> None:
+    def __init__(self, root: Path, script: list[M], target_facts: dict[str, Any] = FACTS) -> None:
         self.calls: list[str] = []
         self.driver = FakeDriver(self.calls, script)
         self.peer = FakePeer(self.calls, self.driver)
@@ -56,7 +63,7 @@ class Rig:
             vms=self.vms,
             journal=self.journal,
             peer=lambda _name: self.peer,  # type: ignore[arg-type,return-value]
-            target_view=lambda name: NodeView(name, FACTS),
+            target_view=lambda name: NodeView(name, target_facts),
             local_facts=lambda: FACTS,
             tls=None,
             is_online=lambda _name: self.online,
@@ -215,3 +222,96 @@ def test_a_hold_whose_task_ended_before_running_lets_go(rig: Rig) -> None:
     alive["task1"] = False  # cancelled while queued: its migration will never run
     assert rig.vms.held("vm1") is None
     rig.vms.changeable("vm1")  # free again
+
+
+class DiskRig(Rig):
+    """vm1 with one disk of its own (no directory shared with the target)."""
+
+    def __init__(self, root: Path, script: list[M]) -> None:
+        super().__init__(root, script, LOCAL)
+        self.disk = root / "data" / "vm1" / "disk0.qcow2"
+        self.disk.parent.mkdir(parents=True)
+        self.disk.write_bytes(b"guest data")
+        self.spec_file = root / "config" / "vm1.json"
+        self.spec_file.parent.mkdir(parents=True)
+        self.spec_file.write_text("{}")
+        self.vms.inventory.remove("vm1")
+        spec = VmSpec(name="vm1", memory_mib=64, disks=(DiskSpec(path=self.disk),))
+        self.vms.inventory.add(spec, "src", "running")
+
+
+def test_without_the_flag_a_local_disk_moves_nothing(tmp_path: Path) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.COMPLETED])
+    with pytest.raises(PreflightFailed, match=r"\[local-disks\].*8.0 MiB of 64.0 MiB to copy"):
+        rig.migrate()
+    assert not any(c.startswith("target:") for c in rig.calls)
+
+
+def test_local_disks_are_in_step_before_the_ram_moves_and_released_after(
+    tmp_path: Path,
+) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.ACTIVE, M.COMPLETED])
+    summary = rig.migrate(with_local_disks=True)
+    order = [
+        "source: mirror disks [0]",
+        "source: migrate to 127.0.0.1:4444",
+        "source: end mirrors (abandon=False)",
+        "target: POST /runtime/incoming/t1/release",
+        "source: kill",
+    ]
+    assert [c for c in rig.calls if c in order] == order
+    # Watched until in step, then once per look at the target while the RAM moves.
+    assert rig.driver.looks > rig.driver.copy_looks
+    assert summary["disks"]["copied"] == 1
+    assert summary["disks"]["data_bytes"] == 8 << 20
+    assert not rig.disk.exists()  # the source's image goes with a success
+    assert not rig.spec_file.exists()  # the target wrote its own config
+    assert rig.peer.runs == RunState.RUNNING
+
+
+def test_keep_source_disks_keeps_the_image(tmp_path: Path) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.COMPLETED])
+    rig.migrate(with_local_disks=True, keep_source_disks=True)
+    assert rig.disk.read_bytes() == b"guest data"
+
+
+def test_a_mirror_that_fails_during_the_copy_rolls_back_before_any_ram_moves(
+    tmp_path: Path,
+) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.COMPLETED])
+    rig.driver.copy_fails_at = 2
+    with pytest.raises(MigrationFailed, match="No space left on device"):
+        rig.migrate(with_local_disks=True)
+    assert not any(c.startswith("source: migrate") for c in rig.calls)
+    cancel_target = rig.calls.index("target: POST /tasks/t1/cancel")
+    abandon = rig.calls.index("source: end mirrors (abandon=True)")
+    resume = rig.calls.index("source: resume")
+    assert cancel_target < abandon < resume
+    assert rig.disk.read_bytes() == b"guest data"
+    assert rig.spec_file.exists()
+    assert rig.vms.record("vm1").state == "running"
+
+
+def test_a_copy_not_whole_at_switchover_is_never_released_and_the_source_resumes(
+    tmp_path: Path,
+) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.ACTIVE, M.COMPLETED])
+    rig.driver.mirror_broken = True
+    with pytest.raises(MigrationFailed, match="not whole"):
+        rig.migrate(with_local_disks=True)
+    assert not any(c.endswith("/release") for c in rig.calls)
+    assert rig.calls.index("target: POST /tasks/t1/cancel") < rig.calls.index("source: resume")
+    assert rig.source_state() == RunState.RUNNING
+    assert rig.peer.runs == RunState.STOPPED  # the target never ran it
+    assert rig.disk.read_bytes() == b"guest data"
+
+
+def test_a_mirror_that_fails_while_the_ram_moves_cancels_the_migration(tmp_path: Path) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP] + [M.ACTIVE] * 100)
+    rig.driver.copy_fails_at = rig.driver.copy_looks + 2  # in step first, then broken
+    with pytest.raises(MigrationFailed, match="No space left on device"):
+        rig.migrate(with_local_disks=True)
+    assert "source: migrate to 127.0.0.1:4444" in rig.calls
+    assert rig.calls.index("source: cancel the migration") < rig.calls.index("source: resume")
+    assert rig.source_state() == RunState.RUNNING
+    assert rig.disk.read_bytes() == b"guest data"

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.errors import CorralError, WaitTimeout
+from corral.client import AgentClient
+from corral.errors import ConflictError, CorralError, WaitTimeout
 from corral.hypervisors.base import MigrationDriver, VmLayout
 from corral.hypervisors.disk_copy_contract import DiskCopyStatus, DiskUsage, remove_image
 from corral.migration.disk_placement import ROLES, local_indexes, shared_roles
@@ -23,6 +24,7 @@ from corral.migration.options import MigrationOptions
 from corral.migration.receive_args import DiskCopy
 from corral.model import VmSpec
 from corral.vms.directories import NodeDirectories
+from corral.waiting import wait_for
 
 GIB = 1024**3
 
@@ -146,6 +148,49 @@ class DiskCopyRun:
             with contextlib.suppress(CorralError):
                 self.driver.disk_mirror_end(self.layout, self.plan.copies, abandon=True)
             self.started = False
+
+
+def progress_record(
+    status: DiskCopyStatus, rate: float, eta: float | None, disks: int
+) -> dict[str, Any]:
+    """The migration task's progress during the copy (`phase` "disks"): bytes of the
+    mirrors' total, the rate, the ETA. Ready: in step, whatever a write in flight adds to
+    the jobs' counters."""
+    done = status.total if status.ready else status.done
+    return {
+        "phase": "disks",
+        "done": done,
+        "total": status.total,
+        "unit": "bytes",
+        "remaining": status.total - done,
+        "mbps": round(rate * 8 / 1e6, 1),
+        "eta_s": None if eta is None else round(eta, 1),
+        "disks": disks,
+        "ready": status.ready,
+    }
+
+
+def release_target(
+    client: Callable[[], AgentClient], task_id: str, log: Callable[[str], None]
+) -> None:
+    """Tell the target its disks hold every write: its receive task `task_id` stops serving
+    them and resumes the VM. Not heard within 30 s: the target gives the VM up after its own
+    wait, and the outcome is settled by asking both nodes."""
+    path = f"/runtime/incoming/{task_id}/release"
+
+    def released() -> bool:
+        try:
+            with client() as peer:
+                peer.post(path)
+        except ConflictError:
+            return True  # the task ended already: its outcome says how
+        except CorralError as exc:
+            log(f"the target did not take the release yet: {exc}")
+            return False
+        return True
+
+    with contextlib.suppress(CorralError):
+        wait_for(released, timeout=30, what="the target to take the release", interval=0.5)
 
 
 def disk_timeout(plan: DiskCopyPlan, per_gib_s: float) -> float:

@@ -17,9 +17,10 @@ from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.migration.estimate import PastMigration, estimate
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
-from corral.migration.orchestrator import PreflightFailed, check, hold_reason
+from corral.migration.orchestrator import hold_reason
 from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices
+from corral.migration.source_checks import PreflightFailed, check
 
 UNREACHABLE = ("target-unknown", "target-offline", "same-node")
 

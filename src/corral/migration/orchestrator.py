@@ -12,23 +12,26 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.errors import CorralError
 from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning
-from corral.hypervisors.disk_copy_contract import DiskCopyStatus, DiskUsage
+from corral.hypervisors.disk_copy_contract import DiskCopyStatus
 from corral.migration import policy
-from corral.migration.disk_phase import DiskCopyRun, after_success, disk_timeout, plan_copy
-from corral.migration.disk_placement import local_indexes, size_text
+from corral.migration.disk_phase import (
+    DiskCopyRun,
+    after_success,
+    disk_timeout,
+    plan_copy,
+    progress_record,
+    release_target,
+)
+from corral.migration.disk_placement import size_text
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
-from corral.migration.preflight import (
-    NodeView,
-    PreflightInput,
-    PreflightReason,
-    preflight,
-)
 from corral.migration.receive_args import ReceiveArgs
 from corral.migration.recovery import recover_vm
 from corral.migration.services import MigrationServices
+from corral.migration.source_checks import PreflightFailed, check
+from corral.migration.summary import summarize
 from corral.model import VmSpec
 from corral.tasks.runner import TaskCancelled, TaskContext
 from corral.tasks.states import TaskState
@@ -41,68 +44,8 @@ SETTLE_TIMEOUT = 120.0  # how long to wait for a silent target after switchover
 REPORT_INTERVAL = 0.1  # the transfer's progress record is rewritten at most this often
 
 
-class PreflightFailed(ConflictError):
-    """The migration may not start; `details` lists every reason."""
-
-    def __init__(self, reasons: list[PreflightReason]) -> None:
-        super().__init__(
-            "migration refused: " + "; ".join(f"[{r.code}] {r.message}" for r in reasons)
-        )
-        self.details = [r.to_json() for r in reasons]
-
-
 class MigrationFailed(CorralError):
     exit_code = 14
-
-
-def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInput:
-    """What preflight judges, asked of this node and (freshly) of the target."""
-    try:
-        spec = services.vms.local(opts.vm).spec
-        observed = services.vms.status(opts.vm).state.value
-    except NotFoundError:
-        spec, observed = None, "missing"
-    target = services.target_view(opts.target) if opts.target != services.node else None
-    has_vm = False
-    if target is not None and target.online:
-        try:
-            with services.peer(opts.target) as client:
-                client.get(f"/vms/{opts.vm}")
-            has_vm = True
-        except NotFoundError:
-            has_vm = False
-    source = NodeView(services.node, services.local_facts())
-    usage: dict[int, DiskUsage] = {}
-    checkpoints: tuple[str, ...] = ()
-    if spec is not None and target is not None:
-        layout = services.vms.layout(opts.vm)
-        checkpoints = tuple(c.name for c in services.driver.list_checkpoints(layout))
-        storage = source.facts.get("storage", {}), target.facts.get("storage", {})
-        for index in local_indexes(spec, *storage):
-            disk = spec.disks[index]
-            with contextlib.suppress(CorralError, OSError):  # unknown: said so
-                usage[index] = services.driver.disk_usage(disk.path, disk.format)
-    return PreflightInput(
-        opts.vm,
-        spec,
-        observed,
-        source,
-        opts.target,
-        target,
-        has_vm,
-        disk_usage=usage,
-        checkpoints=checkpoints,
-        with_local_disks=opts.with_local_disks,
-        drop_checkpoints=opts.drop_checkpoints,
-    )
-
-
-def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
-    reasons = preflight(gather(services, opts), services.driver.compatible)
-    refused = services.driver.option_refusals(
-        postcopy=opts.postcopy, channels=opts.parallel, local_disks=opts.with_local_disks
-    )
-    return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
 
 
 @dataclass
@@ -362,44 +305,10 @@ class SourceMigration:
             self._handoff()
         else:
             self._settle(record.spec, outcome)
-        summary = self._summary(final, time.monotonic() - started)
+        summary = summarize(self, final, time.monotonic() - started)
         self.ctx.progress(
             phase="done", done=final.ram_total, total=final.ram_total, unit="bytes", summary=summary
         )
-        return summary
-
-    def _summary(self, final: MigrationStatus, total: float) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            "vm": self.vm,
-            "source": self.services.node,
-            "target": self.opts.target,
-            "total_s": round(total, 3),
-            "downtime_ms": final.downtime_ms,
-            "setup_ms": final.setup_ms,
-            "hypervisor": self._hypervisor,
-            "qemu_total_ms": final.elapsed_ms,  # the hypervisor's own time (the name stays)
-            "bytes_sent": final.ram_transferred,
-            "ram_total": final.ram_total,
-            "iterations": final.iterations,
-            "throughput_mbps": round(final.throughput_mbps, 1),
-            "tls": not self.opts.insecure,
-            "channels": self.opts.parallel,
-            "bandwidth_mib": self.opts.bandwidth_mib,  # 0: no cap
-            "policy_actions": self.actions,
-            "migration_id": self.migration_id,
-        }
-        if self.disks is not None and self.disks.plan.copies:
-            run = self.disks
-            summary["disks"] = {
-                "copied": len(run.plan.copies),
-                "virtual_bytes": run.plan.virtual_bytes,
-                "data_bytes": run.plan.data_bytes,  # allocated on the source: what is sent
-                "copy_s": None if run.seconds is None else round(run.seconds, 3),
-                "throughput_mbps": (
-                    round(run.plan.data_bytes * 8 / 1e6 / run.seconds, 1) if run.seconds else None
-                ),
-                "source_images_kept": self.opts.keep_source_disks,
-            }
         return summary
 
     # -- local disks -----------------------------------------------------------------------
@@ -443,22 +352,9 @@ class SourceMigration:
 
         def report(status: DiskCopyStatus, rate: float, eta: float | None) -> None:
             now = self.services.clock()
-            if now - reported[0] < REPORT_INTERVAL and not status.ready:
-                return
-            reported[0] = now
-            # Ready: in step, whatever a write in flight adds to the job's counters.
-            done = status.total if status.ready else status.done
-            self.ctx.progress(
-                phase="disks",
-                done=done,
-                total=status.total,
-                unit="bytes",
-                remaining=status.total - done,
-                mbps=round(rate * 8 / 1e6, 1),
-                eta_s=None if eta is None else round(eta, 1),
-                disks=len(plan.copies),
-                ready=status.ready,
-            )
+            if now - reported[0] >= REPORT_INTERVAL or status.ready:
+                reported[0] = now
+                self.ctx.progress(**progress_record(status, rate, eta, len(plan.copies)))
 
         self.disks.until_ready(
             disk_timeout(plan, self.opts.timeout_per_gib_s),
@@ -469,24 +365,8 @@ class SourceMigration:
         self.ctx.log(f"disks in step after {self.disks.seconds:.2f}s; the RAM migration starts")
 
     def _release_target(self) -> None:
-        """Tell the target its disks hold every write: it stops serving them and resumes
-        the VM. Not heard: the target gives the VM up after its wait, and the outcome is
-        settled by asking both nodes."""
-        path = f"/runtime/incoming/{self.dest_task}/release"
-
-        def released() -> bool:
-            try:
-                with self.services.peer(self.opts.target) as client:
-                    client.post(path)
-            except ConflictError:
-                return True  # the task ended already: its outcome says how
-            except CorralError as exc:
-                self.ctx.log(f"the target did not take the release yet: {exc}")
-                return False
-            return True
-
-        with contextlib.suppress(CorralError):
-            wait_for(released, timeout=30, what="the target to take the release", interval=0.5)
+        assert self.dest_task is not None
+        release_target(lambda: self.services.peer(self.opts.target), self.dest_task, self.ctx.log)
 
     def _settle(self, spec: VmSpec, outcome: str) -> None:
         """After switchover without a plain success from the target: ask both nodes what

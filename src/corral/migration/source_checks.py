@@ -1,0 +1,77 @@
+"""Preflight as the source runs it: gather what it judges (this node's VM and facts, the
+target's facts asked now, the local disks' sizes, the VM's checkpoints) and judge it, with
+the hypervisor's refusals of the options asked for.
+
+Must never import: agent, cli, lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.hypervisors.disk_copy_contract import DiskUsage
+from corral.migration.disk_placement import local_indexes
+from corral.migration.options import MigrationOptions
+from corral.migration.preflight import NodeView, PreflightInput, PreflightReason, preflight
+from corral.migration.services import MigrationServices
+
+
+class PreflightFailed(ConflictError):
+    """The migration may not start; `details` lists every reason."""
+
+    def __init__(self, reasons: list[PreflightReason]) -> None:
+        super().__init__(
+            "migration refused: " + "; ".join(f"[{r.code}] {r.message}" for r in reasons)
+        )
+        self.details = [r.to_json() for r in reasons]
+
+
+def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInput:
+    """What preflight judges, asked of this node and (freshly) of the target."""
+    try:
+        spec = services.vms.local(opts.vm).spec
+        observed = services.vms.status(opts.vm).state.value
+    except NotFoundError:
+        spec, observed = None, "missing"
+    target = services.target_view(opts.target) if opts.target != services.node else None
+    has_vm = False
+    if target is not None and target.online:
+        try:
+            with services.peer(opts.target) as client:
+                client.get(f"/vms/{opts.vm}")
+            has_vm = True
+        except NotFoundError:
+            has_vm = False
+    source = NodeView(services.node, services.local_facts())
+    usage: dict[int, DiskUsage] = {}
+    checkpoints: tuple[str, ...] = ()
+    if spec is not None and target is not None:
+        layout = services.vms.layout(opts.vm)
+        checkpoints = tuple(c.name for c in services.driver.list_checkpoints(layout))
+        storage = source.facts.get("storage", {}), target.facts.get("storage", {})
+        for index in local_indexes(spec, *storage):
+            disk = spec.disks[index]
+            with contextlib.suppress(CorralError, OSError):  # unknown: said so
+                usage[index] = services.driver.disk_usage(disk.path, disk.format)
+    return PreflightInput(
+        opts.vm,
+        spec,
+        observed,
+        source,
+        opts.target,
+        target,
+        has_vm,
+        disk_usage=usage,
+        checkpoints=checkpoints,
+        with_local_disks=opts.with_local_disks,
+        drop_checkpoints=opts.drop_checkpoints,
+    )
+
+
+def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
+    reasons = preflight(gather(services, opts), services.driver.compatible)
+    refused = services.driver.option_refusals(
+        postcopy=opts.postcopy, channels=opts.parallel, local_disks=opts.with_local_disks
+    )
+    return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
