@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.migration.estimate import PastMigration, estimate, learnt, relevant
+from corral.migration.estimate import PastMigration, disk_estimate, estimate, learnt, relevant
 from corral.migration.options import MIB, MigrationOptions
 
 GIB = 1024 * MIB
@@ -104,3 +104,24 @@ def test_a_summary_says_whether_the_run_was_free() -> None:
     assert not capped.free
     assert throttled is not None
     assert not throttled.free
+
+
+def test_a_past_disk_copy_gives_the_disk_rate_and_is_not_counted_as_fixed_time() -> None:
+    summary = {
+        "total_s": 12.0,
+        "qemu_total_ms": 2000,
+        "bytes_sent": 200 * MIB,
+        "vm": "a",
+        "disks": {"copy_s": 8.0, "data_bytes": 400 * MIB},
+    }
+    past = PastMigration.from_summary(summary)
+    assert past is not None
+    assert past.disk_bytes_per_s == 50 * MIB
+    assert past.fixed_s == pytest.approx(12.0 - 2.0 - 8.0)  # the copy is not overhead
+    learnt_rate = disk_estimate(100 * MIB, 1, link_bytes_per_s=10 * MIB, past=[past])
+    assert learnt_rate["copy_s"] == 2.0  # at the past copy's 50 MiB/s, not the probe's
+    assert str(learnt_rate["basis"]).startswith("1 past disk copies")
+    probed = disk_estimate(100 * MIB, 1, link_bytes_per_s=10 * MIB, past=[])
+    assert probed["copy_s"] == 10.0
+    capped = disk_estimate(100 * MIB, 1, link_bytes_per_s=None, bandwidth_cap_bytes_per_s=0)
+    assert capped["copy_s"] is None  # nothing measured: nothing guessed

@@ -315,3 +315,19 @@ def test_a_mirror_that_fails_while_the_ram_moves_cancels_the_migration(tmp_path:
     assert rig.calls.index("source: cancel the migration") < rig.calls.index("source: resume")
     assert rig.source_state() == RunState.RUNNING
     assert rig.disk.read_bytes() == b"guest data"
+
+
+def test_the_plan_adds_the_disk_copy_it_would_make(tmp_path: Path) -> None:
+    rig = DiskRig(tmp_path, [M.SETUP, M.COMPLETED])
+    answer = desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="dst"))
+    assert [r["code"] for r in answer["reasons"]] == ["storage-not-shared"] * 3 + [
+        "local-disks"
+    ]  # the flag is not given: refused, and priced
+    copy = answer["estimate"]["disk_copy"]
+    assert copy["disks"] == 1
+    assert copy["data_bytes"] == 8 << 20
+    assert copy["copy_s"] == pytest.approx(8 / 100, abs=0.01)  # at the link probe's 100 MiB/s
+    ram_s = 64 / 100  # the fake guest dirties nothing: one pass at the probe's rate
+    assert answer["estimate"]["expected_s"] == pytest.approx(ram_s + 8 / 100, abs=0.02)
+    allowed = desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="dst", with_local_disks=True))
+    assert allowed["allowed"]

@@ -172,6 +172,14 @@ def _plan_output(plan: dict[str, Any]) -> None:
         console.print(
             f"  link probe        {est['link_bytes_per_s'] / MIB:.0f} MiB/s (agent to agent)"
         )
+    disks = est.get("disk_copy")
+    if disks:
+        took = "not known" if disks.get("copy_s") is None else f"about {disks['copy_s']} s"
+        console.print(
+            f"  disk copy         {disks['disks']} local disk(s), {_size(disks['data_bytes'])}"
+            f" of data: {took}, first (from {disks['basis']})",
+            markup=False,
+        )
     if "converges" in est:
         if not est["converges"]:
             when = "no"

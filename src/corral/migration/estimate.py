@@ -34,19 +34,28 @@ class PastMigration:
     # Neither capped (--bandwidth) nor slowed by the policy (throttled, paused): its rate
     # is the link's and the hypervisor's, not a limit's.
     free: bool = True
+    disk_s: float = 0.0  # the copy of its local disks (--with-local-disks), before the RAM
+    disk_bytes: int = 0  # the data that copy sent
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any]) -> PastMigration | None:
         try:
+            disks = summary.get("disks") or {}
             return cls(
                 float(summary["total_s"]),
                 int(summary["qemu_total_ms"]),
                 int(summary["bytes_sent"]),
                 str(summary.get("vm", "")),
                 not summary.get("bandwidth_mib") and not summary.get("policy_actions"),
+                float(disks.get("copy_s") or 0.0),
+                int(disks.get("data_bytes") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+    @property
+    def disk_bytes_per_s(self) -> float | None:
+        return self.disk_bytes / self.disk_s if self.disk_s > 0 and self.disk_bytes else None
 
     @property
     def stream_bytes_per_s(self) -> float | None:
@@ -54,7 +63,7 @@ class PastMigration:
 
     @property
     def fixed_s(self) -> float:
-        return max(0.0, self.total_s - self.hypervisor_ms / 1000)
+        return max(0.0, self.total_s - self.hypervisor_ms / 1000 - self.disk_s)
 
 
 def relevant(past: list[PastMigration], vm: str) -> tuple[list[PastMigration], str]:
@@ -122,3 +131,30 @@ def estimate(
         found["expected_s"] = None if total is None else round(total, 2)
         found["within_timeout"] = ok and total is not None and total <= limits.completion_timeout_s
     return found
+
+
+def disk_estimate(
+    data_bytes: int,
+    disks: int,
+    *,
+    link_bytes_per_s: float | None,
+    bandwidth_cap_bytes_per_s: float = 0,
+    past: list[PastMigration] | None = None,
+) -> dict[str, object]:
+    """The copy of `disks` local disks holding `data_bytes` of data, before the RAM: at the
+    median rate past disk copies to this node achieved, else at the link probe's."""
+    rates = [r for p in (past or [])[:HISTORY] if (r := p.disk_bytes_per_s)]
+    if rates:
+        rate: float | None = statistics.median(rates)
+        basis = f"{len(rates)} past disk copies to this node"
+    else:
+        rate, basis = link_bytes_per_s, "the link probe (no past disk copy to this node)"
+    usable = [x for x in (rate or 0, bandwidth_cap_bytes_per_s) if x > 0]
+    bandwidth = min(usable) if usable else 0.0
+    return {
+        "disks": disks,
+        "data_bytes": data_bytes,
+        "bandwidth_bytes_per_s": round(bandwidth),
+        "basis": basis,
+        "copy_s": round(data_bytes / bandwidth, 2) if bandwidth else None,
+    }

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import ConflictError, CorralError, NotFoundError
-from corral.migration.estimate import PastMigration, estimate
+from corral.migration.disk_phase import DiskCopyPlan, plan_copy
+from corral.migration.estimate import PastMigration, disk_estimate, estimate
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.orchestrator import hold_reason
 from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices
 from corral.migration.source_checks import PreflightFailed, check
+from corral.model import VmSpec
 
 UNREACHABLE = ("target-unknown", "target-offline", "same-node")
 
@@ -115,6 +117,7 @@ class MigrationDesk:
         resident = None
         with contextlib.suppress(CorralError, OSError):
             resident = services.driver.resident_guest_bytes(services.vms.layout(opts.vm), ram)
+        past = self.history(opts.target, not opts.insecure)
         found |= estimate(
             ram,
             limits,
@@ -122,11 +125,44 @@ class MigrationDesk:
             dirty_bytes_per_s=dirty,
             link_bytes_per_s=link,
             bandwidth_cap_bytes_per_s=opts.bandwidth_mib * MIB,
-            past=self.history(opts.target, not opts.insecure),
+            past=past,
             vm=opts.vm,
         )
+        copy = self._disk_copy(opts, record.spec)
+        if copy is not None:
+            disks = disk_estimate(
+                copy.data_bytes,
+                len(copy.copies),
+                link_bytes_per_s=link,
+                bandwidth_cap_bytes_per_s=opts.bandwidth_mib * MIB,
+                past=past,
+            )
+            found["disk_copy"] = disks
+            ram_s, disk_s = found.get("expected_s"), disks["copy_s"]
+            if isinstance(ram_s, float | int) and isinstance(disk_s, float | int):
+                found["expected_s"] = round(ram_s + disk_s, 2)  # the disks first, then RAM
         answer["estimate"] = found
         return answer
+
+    def _disk_copy(self, opts: MigrationOptions, spec: VmSpec) -> DiskCopyPlan | None:
+        """The local disks a move to the target copies (asked with or without the flag:
+        the plan says what the flag would cost); None when there are none or the target
+        cannot say what it shares."""
+        target = self.services.target_view(opts.target)
+        if target is None or not target.online:
+            return None
+        wanted = opts.model_copy(update={"with_local_disks": True})
+        try:
+            plan = plan_copy(
+                self.services.driver,
+                spec,
+                wanted,
+                self.services.local_facts().get("storage", {}),
+                target.facts.get("storage", {}),
+            )
+        except CorralError:
+            return None
+        return plan if plan.copies else None
 
     def cancel(self, vm: str) -> dict[str, Any]:
         """Ask the migration of `vm` from this node to stop.
