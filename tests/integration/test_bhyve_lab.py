@@ -128,6 +128,9 @@ def test_preflight_refuses_what_bhyve_cannot_do(
     assert out.returncode == 4, out.stderr
     assert "[postcopy] bhyve has no post-copy" in out.stderr
     assert "[parallel]" in out.stderr
+    out = corral(node1, "migrate", "bsd", "node2", "--with-local-disks")
+    assert out.returncode == 4, out.stderr
+    assert "[disk-copy] bhyve's migration sends memory and devices only" in out.stderr
     hosts[1].configure(sysctl={"hw.model": "AMD EPYC 7302 16-Core Processor"})
     try:
         out = corral(node1, "migrate", "bsd", "node2")
