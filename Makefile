@@ -9,7 +9,7 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt bench-peer-link bench-plan
+	bench-libvirt bench-peer-link bench-plan bench-disk
 RUNS ?= 3
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "              (one at a time: make bench-overhead, bench-downtime, bench-throughput,"
 	@echo "               bench-convergence, bench-control, bench-plan)"
 	@echo "make bench-libvirt - installs libvirt, then corral against virsh migrate --live"
+	@echo "make bench-disk - installs libvirt, then --with-local-disks against --copy-storage-all"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
 
 deps:
@@ -76,6 +77,10 @@ bench-control: deps venv image
 
 bench-plan: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.plan_accuracy
+
+bench-disk: deps venv image
+	scripts/install-libvirt.sh
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.disk_copy
 
 bench-peer-link: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link

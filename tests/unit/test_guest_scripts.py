@@ -126,3 +126,22 @@ def test_disk_pattern_checks_every_block_and_reports_one_a_copy_missed(
         return {ln.split()[2] for ln in out.read_text().splitlines() if ln.startswith("PATERR")}
 
     wait_for(lambda: len(missed()) >= 6, timeout=60, what="the missed blocks to show")
+
+
+def test_disk_writer_writes_random_mebibytes_at_about_its_rate(
+    tmp_path: Path, busybox_env: dict[str, str], stopper: list[subprocess.Popen[bytes]]
+) -> None:
+    for applet in ("usleep", "dd"):
+        if not (Path(busybox_env["PATH"]) / applet).exists():
+            (Path(busybox_env["PATH"]) / applet).symlink_to(BUSYBOX)
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as empty:
+        empty.truncate(10 * 1024 * 1024)
+    out = tmp_path / "out.log"
+    stopper.append(_start("bin/disk-writer", [str(disk), "40", "8"], busybox_env, tmp_path, out))
+    wait_for(lambda: "DISKWROTE 8 " in out.read_text(), timeout=30, what="8 MiB written")
+    data = disk.read_bytes()
+    assert data[: 1 << 20] == bytes(1 << 20)  # the first MiB is disk-seq's: never written
+    written = [i for i in range(1, 9) if data[i << 20 : (i + 1) << 20] != bytes(1 << 20)]
+    assert len(written) >= 3  # random places within the span
+    assert len(data) == 10 << 20  # nothing past the end

@@ -45,6 +45,7 @@ GUEST_SCRIPTS = {  # path in the guest -> file in corral/lab/guest
     "bin/dirty-mem": "dirty-mem.sh",
     "bin/disk-seq": "disk-seq.sh",
     "bin/disk-pattern": "disk-pattern.sh",
+    "bin/disk-writer": "disk-writer.sh",
 }
 
 
@@ -64,6 +65,7 @@ def guest_cmdline(
     dirty_mib: int = 0,
     disk: str | None = None,
     pattern: str | None = None,
+    disk_write_mib: int = 0,
 ) -> str:
     """The kernel command line that configures the test guest (see guest/init.sh)."""
     words = ["console=ttyS0", "quiet", "panic=-1", f"corral.port={port}"]
@@ -75,6 +77,8 @@ def guest_cmdline(
         words.append(f"corral.disk={disk}")
     if pattern:
         words.append(f"corral.pattern={pattern}")
+    if disk_write_mib:
+        words.append(f"corral.diskwrite={disk_write_mib}")
     return " ".join(words)
 
 

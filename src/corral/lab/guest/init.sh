@@ -5,9 +5,10 @@
 #   corral.dirty=N          dirty N MiB of memory continuously (default 0: off)
 #   corral.disk=vdX         write an increasing sequence to sector 0 of /dev/vdX and check it
 #   corral.pattern=vdX      write a known pattern across /dev/vdX (from 1 MiB) and check it
+#   corral.diskwrite=N      write about N MiB/s of random data to /dev/vda (from 1 MiB)
 # Console protocol (serial): "BOOTED", then "COUNTER <seq> <uptime>" every 100 ms;
 # "DISKSTART <n>", "DISKSEQ <n>", "DISKERR expected <n> got <m>", "DIRTYING <n> MiB",
-# "PATPASS <pass> <blocks>", "PATERR block <i> pass <p>: <found>".
+# "PATPASS <pass> <blocks>", "PATERR block <i> pass <p>: <found>", "DISKWROTE <MiB> <uptime>".
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -32,6 +33,7 @@ PORT=$(arg port 7000)
 DIRTY=$(arg dirty 0)
 DISK=$(arg disk "")
 PATTERN=$(arg pattern "")
+DISKWRITE=$(arg diskwrite 0)
 
 ip link set lo up
 if [ -n "$IP" ]; then
@@ -52,6 +54,11 @@ if [ -n "$PATTERN" ]; then
     i=0
     while [ ! -b "/dev/$PATTERN" ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
     /bin/disk-pattern "/dev/$PATTERN" &
+fi
+if [ "$DISKWRITE" -gt 0 ]; then
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
+    /bin/disk-writer /dev/vda "$DISKWRITE" &
 fi
 
 # The CPU topology as the guest kernel sees it, for tests of sockets/cores/threads.
