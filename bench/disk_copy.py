@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import textwrap
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from bench.harness import (
     migrate,
     wait_booted,
 )
-from bench.libvirt import Libvirtd, _reap_until, start_libvirtd, virsh
+from bench.libvirt import Libvirtd, libvirt_daemons, virsh
 from bench.throughput import iperf
 from corral.commands import run as run_command
 from corral.lab import netns
@@ -303,12 +302,8 @@ def run(plan: LabPlan, runs: int) -> Result:
             ("share", "disk / RAM throughput"),
         ],
     )
-    stop_reaping = threading.Event()
-    reaper = threading.Thread(target=_reap_until, args=(stop_reaping,), daemon=True)
-    reaper.start()
-    daemons = [start_libvirtd(node) for node in plan.nodes]
-    link_mbps = [iperf(plan, 0), iperf(plan, 1)]
-    try:
+    with libvirt_daemons(plan) as daemons:
+        link_mbps = [iperf(plan, 0), iperf(plan, 1)]
         for index, (load, write_mib) in enumerate(LOADS.items()):
             one_load(plan, img, daemons, index, load, write_mib, link_mbps, runs, result)
         result.notes.append(
@@ -316,15 +311,6 @@ def run(plan: LabPlan, runs: int) -> Result:
             f" load): {', '.join(f'{m:.0f}' for m in link_mbps)}"
         )
         result.raw["link_mbps"] = link_mbps
-    finally:
-        stop_reaping.set()
-        for daemon in daemons:
-            daemon.process.terminate()
-            try:
-                daemon.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.process.kill()
-                daemon.process.wait()
     return result
 
 

@@ -18,6 +18,8 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,29 @@ def _reap_until(stop: threading.Event) -> None:
         reaping.reap_zombie_children()
 
 
+@contextmanager
+def libvirt_daemons(plan: LabPlan) -> Iterator[list[Libvirtd]]:
+    """A libvirtd per lab node, stopped afterwards. libvirt daemonizes QEMU, so an exited
+    QEMU is re-parented to this process (the lab's subreaper; PID 1 here reaps nothing):
+    it is reaped at once, or libvirt waits 40 s for it."""
+    stop_reaping = threading.Event()
+    reaper = threading.Thread(target=_reap_until, args=(stop_reaping,), daemon=True)
+    reaper.start()
+    daemons: list[Libvirtd] = []
+    try:
+        daemons += [start_libvirtd(node) for node in plan.nodes]
+        yield daemons
+    finally:
+        stop_reaping.set()
+        for daemon in daemons:
+            daemon.process.terminate()
+            try:
+                daemon.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.process.kill()
+                daemon.process.wait()
+
+
 def run(plan: LabPlan, runs: int) -> Result:
     img = image()
     result = Result(
@@ -244,13 +269,7 @@ def run(plan: LabPlan, runs: int) -> Result:
             ("lost", "pings lost"),
         ],
     )
-    # libvirt daemonizes QEMU, so an exited QEMU is re-parented to this process (the lab's
-    # subreaper; PID 1 here reaps nothing): reap it at once, or libvirt waits 40 s for it.
-    stop_reaping = threading.Event()
-    reaper = threading.Thread(target=_reap_until, args=(stop_reaping,), daemon=True)
-    reaper.start()
-    daemons = [start_libvirtd(node) for node in plan.nodes]
-    try:
+    with libvirt_daemons(plan) as daemons:
         libvirt_ip = str(plan.guest_address(90).ip)
         xml = plan.nodes[0].local_dir / "libvirt" / "guest.xml"
         xml.write_text(domain_xml(img, "lvguest", libvirt_ip, 256))
@@ -293,15 +312,6 @@ def run(plan: LabPlan, runs: int) -> Result:
         result.raw = sides
         virsh(daemons[case.libvirt_node], "destroy", "lvguest", check=False)
         corral(plan.nodes[case.corral_node], "vm", "kill", "cvguest")
-    finally:
-        stop_reaping.set()
-        for daemon in daemons:
-            daemon.process.terminate()
-            try:
-                daemon.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.process.kill()
-                daemon.process.wait()
     return result
 
 

@@ -240,6 +240,17 @@ def kill_agent(s: Scenario, node_index: int) -> None:
     wait_for(lambda: not pid_alive(pid), timeout=10, what="the agent to die")
 
 
+def cut_migration_link(lab: LabPlan, seconds: float = 3) -> None:
+    """node2's end of the migration network down for `seconds`, then up again."""
+    link = ["ip", "-n", lab.fabric_netns, "link", "set", "m-node2"]
+    run([*link, "down"])
+    try:
+        cut = time.monotonic()
+        wait_for(lambda: time.monotonic() - cut > seconds, timeout=seconds + 10, what="the cut")
+    finally:
+        run([*link, "up"])
+
+
 def report(fault: str, outcome: dict[str, Any]) -> None:
     """Append the outcome to CORRAL_FAULTS_REPORT (JSON lines) when set."""
     path = os.environ.get("CORRAL_FAULTS_REPORT")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +15,7 @@ import pytest
 from corral.commands import run
 from corral.lab import agents
 from corral.lab.plan import LabPlan
-from corral.waiting import wait_for
-from tests.faults.scenario import Scenario, kill_agent, qemu_pid, report
+from tests.faults.scenario import Scenario, cut_migration_link, kill_agent, qemu_pid, report
 from tests.lab_cluster import running_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
@@ -60,13 +58,7 @@ def test_migration_link_cut_during_the_disk_copy_then_restored(scenario: Scenari
     lab = scenario.lab
     scenario.migrate_in_background(FLAG)
     scenario.wait_disk_copy()
-    link = ["ip", "-n", lab.fabric_netns, "link", "set", "m-node2"]
-    run([*link, "down"])
-    try:
-        cut = time.monotonic()
-        wait_for(lambda: time.monotonic() - cut > 3, timeout=10, what="the cut to last")
-    finally:
-        run([*link, "up"])
+    cut_migration_link(lab)
     scenario.wait_migration_command()
     outcome = check(scenario)
     assert outcome["tcp_survived"]

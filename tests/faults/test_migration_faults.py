@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from corral.commands import run
 from corral.lab import agents
 from corral.storage.identity import IDENTITY_FILE
 from corral.waiting import wait_for
-from tests.faults.scenario import Scenario, kill_agent, qemu_pid, report
+from tests.faults.scenario import Scenario, cut_migration_link, kill_agent, qemu_pid, report
 from tests.integration.vm_helpers import corral_ok
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
@@ -53,13 +52,7 @@ def test_migration_link_cut_during_transfer_then_restored(scenario: Scenario) ->
     lab = scenario.lab
     scenario.migrate_in_background()
     scenario.wait_transfer()
-    link = ["ip", "-n", lab.fabric_netns, "link", "set", "m-node2"]
-    run([*link, "down"])
-    try:
-        cut = time.monotonic()
-        wait_for(lambda: time.monotonic() - cut > 3, timeout=10, what="the cut to last")
-    finally:
-        run([*link, "up"])
+    cut_migration_link(lab)
     scenario.wait_migration_command()
     outcome = scenario.check()
     assert outcome["tcp_survived"]
