@@ -9,13 +9,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.commands import run
 from corral.lab import agents, netns
-from corral.lab.image import GuestImage
+from corral.lab.image import GuestImage, guest_cmdline
 from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import wait_for
 from tests.integration.migration_helpers import CounterClient, PingMeter, migrate
@@ -386,3 +387,57 @@ def test_post_copy_finishes_a_guest_that_would_not_converge(
     assert not [ln for ln in console_lines(node2, "pc") if ln.startswith("DISKERR")]
     corral_ok(node2, "vm", "kill", "pc")
     corral_ok(node2, "vm", "delete", "pc")
+
+
+def test_mixed_disks_copy_the_local_one_and_leave_the_shared_one(
+    lab: LabPlan, guest_image: GuestImage
+) -> None:
+    """disk 0 on the shared data directory, disk 1 in node1's own scratch directory: only
+    disk 1 is copied (into node2's data directory, here the shared one), and the guest's
+    pattern across it reads back whole on node2."""
+    node1, node2 = lab.nodes[:2]
+    local = agents.scratch_dir(node1) / "mixed-1.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(local), "16M"])
+    ip = str(lab.guest_address(70).ip)
+    corral_ok(
+        node1,
+        "vm",
+        "create",
+        "mixed",
+        "--nic",
+        "br0",
+        "--kernel",
+        str(guest_image.kernel),
+        "--initrd",
+        str(guest_image.initrd),
+        "--cmdline",
+        guest_cmdline(ip=f"{ip}/24", disk="vda", pattern="vdb"),
+        "--disk",
+        "16",
+        "--disk-path",
+        str(local),
+        "--start",
+    )
+    before = corral_json(node1, "vm", "show", "mixed")["spec"]["disks"]
+
+    def passes(node: LabNode) -> list[str]:
+        return [ln for ln in console_lines(node, "mixed") if ln.startswith(("PATPASS", "PATERR"))]
+
+    wait_for(lambda: passes(node1), timeout=180, what="a first pattern pass")
+    code, lines, err = migrate(node1, "mixed", node2.name)
+    assert code == 4
+    assert "[local-disks] disk 1" in err
+    assert "disk 0" not in err  # on shared storage: nothing to copy
+    code, lines, err = migrate(node1, "mixed", node2.name, "--with-local-disks")
+    assert code == 0, err
+    assert lines[-1]["disks"]["copied"] == 1
+    after = corral_json(node2, "vm", "show", "mixed")["spec"]["disks"]
+    assert after[0]["path"] == before[0]["path"]  # the shared disk stays where it is
+    assert Path(after[1]["path"]).parent.name == "mixed"  # node2's data directory
+    assert Path(after[1]["path"]).exists()
+    assert not local.exists()  # node1's own copy went after the success
+    wait_for(lambda: len(passes(node2)) >= 2, timeout=180, what="two passes on node2")
+    assert not [ln for ln in passes(node2) if ln.startswith("PATERR")]
+    assert not [ln for ln in console_lines(node2, "mixed") if ln.startswith("DISKERR")]
+    corral_ok(node2, "vm", "kill", "mixed")
+    corral_ok(node2, "vm", "delete", "mixed")

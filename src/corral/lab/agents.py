@@ -31,6 +31,13 @@ def _pid_file(node: LabNode) -> Path:
     return node.local_dir / "agent.pid"
 
 
+def scratch_dir(node: LabNode) -> Path:
+    """A directory of the node's own for disk images, whatever the lab's storage."""
+    path = node.local_dir / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None = None) -> Path:
     """Write (and return) the node's agent settings file; `extra` adds or replaces settings
     (strings, numbers and lists of strings)."""
@@ -42,8 +49,13 @@ def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None =
         "state_dir": str(node.local_dir / "state"),
         "run_dir": str(node.local_dir / "run"),
         "storage_dir": str(storage),
-        # VMs may use the node's data directory and the cached test guest, nothing else.
-        "image_dirs": [str(storage / "data"), str(config.cache_dir() / "guest")],
+        # VMs may use the node's data directory, a scratch directory of the node's own
+        # (`images`: local disks beside shared storage) and the cached test guest.
+        "image_dirs": [
+            str(storage / "data"),
+            str(scratch_dir(node)),
+            str(config.cache_dir() / "guest"),
+        ],
         "heartbeat_interval": HEARTBEAT_INTERVAL,
         "offline_after": OFFLINE_AFTER,
         "accelerator": "tcg",
