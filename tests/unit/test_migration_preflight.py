@@ -223,3 +223,9 @@ def test_every_reason_is_listed_not_just_the_first() -> None:
     bad = NodeView("node2", facts(arch="aarch64", memory_free_mib=10, bridges=[], cpu_models=[]))
     codes = {code for code, _ in check(bad, has_vm=True)}
     assert codes == {"arch", "memory", "bridge", "cpu-model", "name-conflict"}
+
+
+def test_post_copy_is_refused_with_a_disk_copy() -> None:
+    refusals = QemuDriver().option_refusals(postcopy=True, channels=1, local_disks=True)
+    assert [code for code, _ in refusals] == ["postcopy"]
+    assert "--with-local-disks" in refusals[0][1]

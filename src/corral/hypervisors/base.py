@@ -289,6 +289,14 @@ class MigrationDriver(DiskCopyDriver, HypervisorDriver):
                     " nodes share",
                 )
             )
+        elif local_disks and postcopy:
+            reasons.append(
+                (
+                    "postcopy",
+                    "--postcopy with --with-local-disks refused: in post-copy the target runs"
+                    " before the source has confirmed that its copy of the disks is whole",
+                )
+            )
         if postcopy and "postcopy" not in self.migration_features:
             reasons.append(("postcopy", f"{who} has no post-copy migration"))
         if channels > 1 and "multifd" not in self.migration_features:
