@@ -121,6 +121,7 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
         if copied:
             _finish_copy(services, ctx, args, layout)
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
+        services.releases.forget(ctx.task.id)
         services.driver.migration_finalize_target(spec, layout, success=False)
         for path in created:
             remove_image(path)

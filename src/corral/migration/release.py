@@ -28,6 +28,11 @@ class ReleaseBoard:
             self._released.add(task_id)
             self._changed.notify_all()
 
+    def forget(self, task_id: str) -> None:
+        """A receive task that ended: a release that came too late is dropped."""
+        with self._changed:
+            self._released.discard(task_id)
+
     def wait(self, task_id: str, timeout: float, cancelled: Callable[[], bool]) -> bool:
         """True once `task_id` is released (forgotten then); False after `timeout` seconds
         or as soon as `cancelled()` says so."""
