@@ -43,12 +43,22 @@ def test_cache_key_changes_with_any_script_or_busybox() -> None:
     assert image_key(b"busybox", changed) != base
 
 
-def test_guest_scripts_include_init_and_the_three_workers() -> None:
+def test_guest_scripts_include_init_and_the_workers() -> None:
     scripts = guest_scripts()
-    assert set(scripts) == {"init", "bin/counter-stream", "bin/dirty-mem", "bin/disk-seq"}
+    assert set(scripts) == {
+        "init",
+        "bin/counter-stream",
+        "bin/dirty-mem",
+        "bin/disk-seq",
+        "bin/disk-pattern",
+        "bin/disk-writer",
+    }
     assert scripts["init"].startswith(b"#!/bin/busybox sh")
     assert b"BOOTED" in scripts["init"]
     assert b"DISKERR" in scripts["bin/disk-seq"]
+    assert b"PATERR" in scripts["bin/disk-pattern"]
+    for worker in ("disk-seq", "disk-pattern", "disk-writer"):
+        assert f"/bin/{worker}".encode() in scripts["init"]  # started by init when asked
 
 
 def test_dynamic_busybox_is_refused() -> None:
