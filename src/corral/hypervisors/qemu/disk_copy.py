@@ -34,6 +34,7 @@ from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.waiting import wait_for
 
 NBD_TLS = "corral-nbd-tls"
+MIRROR_BUFFER = 64 * 1024 * 1024  # bytes a mirror keeps in flight (QEMU's default: 16 MiB)
 NBD_AUTHZ = "corral-nbd-authz"
 
 
@@ -150,6 +151,7 @@ def mirror_disks(
                     # Kept once ended, so a failure is seen (and dismissed by end_mirrors).
                     "auto-dismiss": False,
                     "speed": speed,
+                    "buf-size": MIRROR_BUFFER,
                 },
             )
 
