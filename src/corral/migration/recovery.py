@@ -76,6 +76,7 @@ def recover_vm(
         with contextlib.suppress(CorralError):
             if driver.migration_status(layout).state.in_flight:
                 driver.migration_cancel(layout)
+    if local != RunState.STOPPED:  # before it may be resumed: its images are its own
         _drop_disk_copy(services, vm, layout)
     remote = remote_runtime(services, target, vm)
     plan = plan_recovery(local, _observed(remote), bool(remote and remote.get("recorded")))
