@@ -10,14 +10,15 @@ import logging
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from corral import __version__
 from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
+from corral.agent.cluster_view import LastSeen
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
@@ -47,6 +48,8 @@ from corral.vms.inventory import VmInventory
 from corral.vms.service import VmService
 from corral.vms.specs import VmRequest
 
+T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +84,7 @@ class NodeAgent:
         self.tasks = TaskStore(self.db, settings.task_log_dir)
         self.journal = MigrationJournal(self.db)
         self.releases = ReleaseBoard()  # arrived VMs whose source confirmed their disks
+        self.last_vms = LastSeen()  # each member's VMs as last reported (cluster view)
         self.registry = NodeRegistry(self.db)
         self.pki = PkiPaths(settings.pki_dir)
         self.pool = PeerPool(self.pki)  # one keep-alive connection per member
@@ -303,6 +307,10 @@ class NodeAgent:
         return out
 
     # -- peers -----------------------------------------------------------------------------
+
+    def fan_out(self, ask: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """`ask` of every item at once, on the agent's peer threads, in order."""
+        return list(self._peers.map(ask, items))
 
     def peer(self, name: str) -> AgentClient:
         """A client of member `name`.

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from corral.agent.access import Access, allow, caller_of
 from corral.agent.api_models import CheckpointCreate, StopRequest
+from corral.agent.cluster_view import cluster_vms, find_vm
 from corral.agent.node_agent import NodeAgent
 from corral.model import NAME_PATTERN
 from corral.vms.specs import VmRequest
@@ -18,6 +19,7 @@ VmName = Annotated[str, Path(pattern=NAME_PATTERN)]
 CheckpointName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
 MEMBER = [allow(Access.MEMBER)]
+LOCAL = [allow(Access.LOCAL)]
 
 
 def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
@@ -40,9 +42,18 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         agent.require_name_free(body.name)
         return vms.describe(vms.create(body))
 
+    @app.get("/v1/cluster/vms", tags=["vms"], dependencies=LOCAL)
+    def list_cluster_vms() -> dict[str, Any]:
+        """Every VM of the cluster with its node, every member asked at once (a short
+        timeout); a member that does not answer has its VMs as last seen, `unknown`."""
+        return cluster_vms(agent)
+
     @app.get("/v1/vms/{name}", tags=["vms"], dependencies=MEMBER)
-    def show_vm(name: VmName) -> dict[str, Any]:
-        """One VM: spec, owner, recorded and observed state, history."""
+    def show_vm(name: VmName, request: Request, here: bool = False) -> dict[str, Any]:
+        """One VM: spec, owner, recorded and observed state, history. The local CLI's
+        request finds it on whichever member owns it (`here`: this node's record only)."""
+        if caller_of(request).local and not here:
+            return find_vm(agent, name)
         info = vms.describe(vms.record(name))
         info["events"] = vms.inventory.events(name)
         return info

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
-from corral.cli.format import ago, mib
-from corral.cli.output import console, print_json
+from corral.cli.output import console, print_json, print_table
+from corral.cli.tables import node_table
 
 cluster_app = typer.Typer(
     help="Create a cluster and see this node's membership.",
@@ -89,50 +88,19 @@ def join_command(
 
 
 @node_app.command("list")
-def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
-    """Every member: address, online state, architecture, CPU, hypervisor, memory, VMs."""
+def list_command(
+    node: NodeOption = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Every member: state (online, draining), when last heard from, memory, VMs; --wide
+    adds address, architecture, CPU, hypervisor and VM storage."""
     with agent_client(node) as client:
         nodes = client.get("/nodes")
     if json_out:
         print_json(nodes)
         return
-    table = Table()
-    table.add_column("name", no_wrap=True)
-    table.add_column("address", no_wrap=True)
-    table.add_column("state (seen)", no_wrap=True)
-    table.add_column("arch")
-    table.add_column("CPU", max_width=22, overflow="ellipsis", no_wrap=True)
-    table.add_column("hypervisor")
-    table.add_column("memory free/total")
-    table.add_column("VM storage")
-    table.add_column("VMs", justify="right")
-    for n in nodes:
-        f = n["facts"]
-        state = "[green]online[/]" if n["online"] else "[red]offline[/]"
-        if n["draining"]:
-            state += " draining"
-        table.add_row(
-            n["name"] + (" *" if n.get("self") else ""),
-            f"{n['address']}:{n['port']}",
-            f"{state} ({ago(n['last_seen'])})",
-            f.get("arch", "?"),
-            f"{f.get('cpu_vendor', '?')} {f.get('cpu_model', '')}".strip(),
-            f"{f.get('hypervisor', '?')} {f.get('hypervisor_version', '')}"
-            f" {f.get('accelerator', '?')}",
-            f"{mib(f.get('memory_free_mib'))} / {mib(f.get('memory_total_mib'))}",
-            storage_text(f.get("storage", {})),
-            str(f.get("vm_count", "?")),
-        )
-    console.print(table)
-
-
-def storage_text(storage: dict[str, Any]) -> str:
-    """ "GlusterFS" when the data, config and system dirs share one filesystem kind, else
-    each role's kind."""
-    kinds = {role: str(info.get("filesystem", "?")) for role, info in storage.items()}
-    if len(set(kinds.values())) == 1:
-        return next(iter(kinds.values()))
-    return ", ".join(f"{role}: {kind}" for role, kind in kinds.items())
+    print_table(node_table(nodes, wide=wide), wide=wide)
 
 
 @node_app.command("remove")

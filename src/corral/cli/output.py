@@ -12,6 +12,16 @@ from rich.markup import escape
 
 console = Console()
 errors = Console(stderr=True)
+err_console = errors  # warnings for people, beside what goes to stdout
+
+
+def print_table(table: Any, *, wide: bool = False) -> None:
+    """A table for people; `wide`: every column at its full width, whatever the terminal
+    (long lines, as `kubectl -o wide`)."""
+    if wide:
+        Console(width=max(console.width, 240)).print(table)
+    else:
+        console.print(table)
 
 
 def print_json(data: Any) -> None:

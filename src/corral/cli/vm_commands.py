@@ -13,7 +13,8 @@ from rich.table import Table
 from corral.cli.connection import JsonOption, NodeOption, agent_client
 from corral.cli.follow import follow_task
 from corral.cli.format import ago, mib
-from corral.cli.output import console, print_json
+from corral.cli.output import console, err_console, print_json, print_table
+from corral.cli.tables import vm_table
 from corral.errors import UserInputError
 
 vm_app = typer.Typer(
@@ -134,59 +135,42 @@ def create_command(
 
 
 @vm_app.command("list")
-def list_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
-    """VMs of a node: owner, recorded and observed state, resources."""
+def list_command(
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Only this node's VMs (by default: the whole cluster's)."),
+    ] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Every VM of the cluster and the node it runs on (each member asked at once; the VMs
+    of a member that does not answer are shown as unknown, not hidden)."""
+    silent: list[dict[str, Any]] = []
     with agent_client(node) as client:
-        vms = client.get("/vms")
+        if node is None:
+            view = client.get("/cluster/vms")
+            vms, silent = view["vms"], [n for n in view["nodes"] if not n["answered"]]
+        else:
+            vms = [dict(vm, node=vm["owner"]) for vm in client.get("/vms")]
+    for n in silent:
+        known = (
+            f"it had {n['vm_count']} VM(s) at its last heartbeat"
+            if "vm_count" in n
+            else "its VMs are shown as last seen, state unknown"
+        )
+        err_console.print(f"[yellow]{n['name']} did not answer ({n['error']}): {known}[/]")
     if json_out:
         print_json(vms)
         return
-    table = Table()
-    for column in (
-        "name",
-        "owner",
-        "state",
-        "pid",
-        "memory",
-        "vCPUs (s x c x t)",
-        "disks",
-        "NICs",
-        "changed",
-    ):
-        table.add_column(column)
-    for vm in vms:
-        spec = vm["spec"]
-        topo = spec["cpu"].get("topology") or {
-            "sockets": 1,
-            "cores": spec["cpu"]["count"],
-            "threads": 1,
-        }
-        observed = vm["observed"]
-        state = observed or vm["state"]
-        if observed and observed != vm["state"]:
-            state = f"{observed} (recorded {vm['state']})"
-        if vm.get("held"):
-            state += f", {vm['held']}"
-        table.add_row(
-            vm["name"],
-            vm["owner"],
-            state,
-            str(vm["pid"] or ""),
-            mib(spec["memory_mib"]),
-            f"{spec['cpu']['count']} ({topo['sockets']}x{topo['cores']}x"
-            f"{topo['threads']}) {spec['cpu']['model']}",
-            str(len(spec["disks"])),
-            ", ".join(n["bridge"] for n in spec["nics"]),
-            ago(vm["updated_at"]),
-        )
-    console.print(table)
+    print_table(vm_table(vms, wide=wide), wide=wide)
 
 
 @vm_app.command("show")
 def show_command(vm: VmArg, node: NodeOption = None, json_out: JsonOption = False) -> None:
-    """One VM: its spec, state and history."""
+    """One VM, wherever it runs in the cluster: its spec, state and history (--node: only
+    if that node owns it)."""
     with agent_client(node) as client:
-        info = client.get(f"/vms/{vm}")
+        info = client.get(f"/vms/{vm}", here=str(node is not None).lower())
     if json_out:
         print_json(info)
         return
