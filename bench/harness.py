@@ -292,6 +292,6 @@ def wait_booted(node: LabNode, vm: str) -> None:
 def owner(plan: LabPlan, vm: str) -> int:
     """The index of the node that runs `vm`."""
     for i, node in enumerate(plan.nodes):
-        if corral(node, "vm", "show", vm).returncode == 0:
+        if corral(node, "vm", "show", vm, "--node", node.name).returncode == 0:
             return i
     raise RuntimeError(f"{vm} runs nowhere")

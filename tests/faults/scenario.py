@@ -210,7 +210,7 @@ class Scenario:
         return outcome
 
     def _record(self, node: LabNode) -> dict[str, Any] | None:
-        out = corral(node, "vm", "show", self.vm, "--json")
+        out = corral(node, "vm", "show", self.vm, "--node", node.name, "--json")
         return json.loads(out.stdout) if out.returncode == 0 else None
 
     def cleanup(self) -> None:

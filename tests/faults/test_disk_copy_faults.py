@@ -75,7 +75,7 @@ def test_the_destination_data_directory_full_mid_copy(scenario: Scenario) -> Non
     data = lab.storage_dir(node2) / "data"
     image = lab.storage_dir(node2) / "small-data.ext4"
     filler = data / "filler"
-    run(["truncate", "-s", "160M", str(image)])
+    run(["truncate", "-s", "120M", str(image)])
     run(["mkfs.ext4", "-q", "-F", str(image)])
     agents.stop_agent(node2)
     run(["mount", "-o", "loop", str(image), str(data)])

@@ -94,7 +94,7 @@ def test_a_vm_created_on_bhyve_migrates_and_comes_back(
     shown = corral_json(node2, "vm", "show", "bsd")
     assert shown["owner"] == "node2"
     assert shown["observed"] == "running"
-    assert corral(node1, "vm", "show", "bsd").returncode != 0
+    assert corral(node1, "vm", "show", "bsd", "--node", "node1").returncode != 0
     assert seq_after(node2, "bsd", before) > before
     console = console_lines(node2, "bsd")
     assert not [ln for ln in console if "BOOTED" in ln]  # it arrived running: no boot here
@@ -122,7 +122,7 @@ def test_preflight_refuses_what_bhyve_cannot_do(
     node1 = plan.nodes[0]
     spec = tmp_path / "vm.toml"
     spec.write_text(SPEC)
-    if corral(node1, "vm", "show", "bsd").returncode != 0:
+    if corral(node1, "vm", "show", "bsd", "--node", "node1").returncode != 0:
         corral_ok(node1, "vm", "create", "bsd", "--spec", str(spec), "--start")
     out = corral(node1, "migrate", "bsd", "node2", "--postcopy", "--parallel", "2")
     assert out.returncode == 4, out.stderr

@@ -112,7 +112,7 @@ def test_an_idle_guest_goes_there_and_back_keeping_everything(
         assert there["qemu_total_ms"] > 0
         assert where_it_runs(lab, "idle") == ["node2"]
         assert corral_json(node2, "vm", "show", "idle")["owner"] == "node2"
-        assert corral(node1, "vm", "show", "idle").returncode == 3
+        assert corral(node1, "vm", "show", "idle", "--node", "node1").returncode == 3
         seen = len(stream.counters)
         wait_for(
             lambda: len(stream.counters) > seen + 5,
@@ -224,7 +224,7 @@ def test_cancel_in_mid_transfer_leaves_the_vm_on_the_source_only(
     assert where_it_runs(lab, "slow") == ["node1"]
     info = corral_json(node1, "vm", "show", "slow")
     assert (info["owner"], info["observed"]) == ("node1", "running")
-    assert corral(node2, "vm", "show", "slow").returncode == 3
+    assert corral(node2, "vm", "show", "slow", "--node", "node2").returncode == 3
     receive = next(
         t for t in corral_json(node2, "task", "list") if t["kind"] == "migration.receive"
     )

@@ -247,7 +247,7 @@ def test_an_address_presenting_another_nodes_certificate_is_not_that_node(
         assert "node2" in moved.stderr
         shown = json.loads(corral(node1, "vm", "show", "web", "--json").stdout)
         assert (shown["owner"], shown["observed"]) == ("node1", "running")
-        assert corral(node3, "vm", "show", "web").returncode == 3
+        assert corral(node3, "vm", "show", "web", "--node", "node3").returncode == 3
         assert tables(node3)["tasks"] == node3_before["tasks"]
     finally:
         with db:

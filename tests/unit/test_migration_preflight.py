@@ -229,3 +229,12 @@ def test_post_copy_is_refused_with_a_disk_copy() -> None:
     refusals = QemuDriver().option_refusals(postcopy=True, channels=1, local_disks=True)
     assert [code for code, _ in refusals] == ["postcopy"]
     assert "--with-local-disks" in refusals[0][1]
+
+
+def test_a_capped_copy_keeps_a_small_buffer_so_the_cap_holds_throughout() -> None:
+    from corral.hypervisors.qemu.disk_copy import MIRROR_BUFFER, mirror_buffer
+
+    assert mirror_buffer(0) == MIRROR_BUFFER  # no cap: the large buffer
+    assert mirror_buffer(8 << 20) == 2 << 20  # 8 MiB/s: a quarter second
+    assert mirror_buffer(1 << 20) == 1 << 20  # never below 1 MiB
+    assert mirror_buffer(10 << 30) == MIRROR_BUFFER

@@ -35,6 +35,17 @@ from corral.waiting import wait_for
 
 NBD_TLS = "corral-nbd-tls"
 MIRROR_BUFFER = 64 * 1024 * 1024  # bytes a mirror keeps in flight (QEMU's default: 16 MiB)
+MIN_BUFFER = 1024 * 1024
+
+
+def mirror_buffer(speed: int) -> int:
+    """The mirror's buffer: large for throughput, but with a cap (`speed` bytes/s) a quarter
+    second of it at most, so the cap holds over the copy (QEMU sends a whole buffer, then
+    waits it off) rather than in one burst and a long pause."""
+    if not speed:
+        return MIRROR_BUFFER
+    quarter = speed // 4 // MIN_BUFFER * MIN_BUFFER
+    return max(MIN_BUFFER, min(MIRROR_BUFFER, quarter))
 NBD_AUTHZ = "corral-nbd-authz"
 
 
@@ -151,7 +162,7 @@ def mirror_disks(
                     # Kept once ended, so a failure is seen (and dismissed by end_mirrors).
                     "auto-dismiss": False,
                     "speed": speed,
-                    "buf-size": MIRROR_BUFFER,
+                    "buf-size": mirror_buffer(speed),
                 },
             )
 
