@@ -58,6 +58,7 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
         is_member=lambda name: is_member(agent, name),
         is_online=lambda name: is_online(agent, name),
         pin_peer=lambda name: pin_peer(agent, name),
+        members=lambda: [n.name for n in agent.registry.list()],
     )
 
 

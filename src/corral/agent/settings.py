@@ -31,9 +31,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from corral.errors import UserInputError
+from corral.migration.placement import AUTO
 from corral.model import NAME_PATTERN
 from corral.vms.directories import NodeDirectories
 
@@ -67,6 +68,13 @@ class AgentSettings(BaseModel):
     max_parallel_tasks: int = Field(2, ge=1, le=64)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
     offline_after: float = Field(10.0, gt=0, le=3600)
+
+    @field_validator("node_name")
+    @classmethod
+    def _not_a_keyword(cls, name: str) -> str:
+        if name == AUTO:
+            raise ValueError(f"{AUTO!r} means 'let corral choose a node'; name the node otherwise")
+        return name
 
     @property
     def directories(self) -> NodeDirectories:

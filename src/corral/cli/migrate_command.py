@@ -14,7 +14,6 @@ from corral.cli.connection import JsonOption, NodeOption, agent_client
 from corral.cli.follow import FINISHED, TaskEnded, ended_stream
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
-from corral.errors import UserInputError
 from corral.tasks.states import TaskState
 
 MIB = 1024 * 1024
@@ -137,9 +136,30 @@ def print_migration_summary(result: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _ranking_output(ranking: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="placement (best first)")
+    for column in ("node", "verdict", "free after", "VMs", "reasons"):
+        table.add_column(column, no_wrap=column != "reasons")
+    for c in ranking:
+        free = c["free_after_mib"]
+        table.add_row(
+            c["node"],
+            "[green]passes[/]" if c["allowed"] else "[red]refused[/]",
+            "?" if free is None else f"{free} MiB",
+            "?" if c["vm_count"] is None else str(c["vm_count"]),
+            escape("; ".join(f"[{r['code']}] {r['message']}" for r in c["reasons"])),
+        )
+    console.print(table)
+
+
 def _plan_output(plan: dict[str, Any]) -> None:
+    if "ranking" in plan:
+        _ranking_output(plan["ranking"])
     verdict = "[green]allowed[/]" if plan["allowed"] else "[red]refused[/]"
-    console.print(f"{plan['vm']}: {plan['source']} -> {plan['target']}: {verdict}")
+    target = plan["target"] or "no member"
+    console.print(f"{plan['vm']}: {plan['source']} -> {target}: {verdict}")
     for r in plan["reasons"]:
         console.print(
             f"  [red]{r['code']}[/] ({r['node']}): {escape(r['message'])}", highlight=False
@@ -195,7 +215,13 @@ def _plan_output(plan: dict[str, Any]) -> None:
 
 def migrate_command(
     vm: Annotated[str, typer.Argument(help="The VM to move.")],
-    target: Annotated[str | None, typer.Argument(help="The node to move it to.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="The node to move it to; left out, corral picks the member that passes"
+            " preflight with the most free memory after placing the VM (then fewest VMs)."
+        ),
+    ] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Preflight and estimate only.")] = False,
     cancel: Annotated[bool, typer.Option("--cancel", help="Abort its migration.")] = False,
     recover: Annotated[
@@ -256,11 +282,9 @@ def migrate_command(
                 f"{vm}: {answer['outcome']}", markup=False
             )
             return
-        if target is None:
-            raise UserInputError("NODE", "name the node to migrate to")
         body = {
             "vm": vm,
-            "target": target,
+            "target": target or "auto",  # corral chooses: the best member that passes
             "bandwidth_mib": bandwidth,
             "max_downtime_ms": max_downtime,
             "parallel": parallel,
@@ -280,6 +304,8 @@ def migrate_command(
                 raise typer.Exit(4)
             return
         started = client.post("/migrations", body, timeout=120)
+    if target is None and not json_out:
+        console.print(f"{vm}: {started['source']} -> {started['target']} (chosen)")
     with agent_client(started["source"]) as source:
         task = follow_migration(source, started["task"], json_out)
     if task["state"] != TaskState.SUCCEEDED:

@@ -19,9 +19,15 @@ from corral.migration.estimate import PastMigration, disk_estimate, estimate
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.orchestrator import hold_reason
+from corral.migration.placement import AUTO, no_target_reasons
 from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices
-from corral.migration.source_checks import PreflightFailed, check
+from corral.migration.source_checks import (
+    PreflightFailed,
+    candidates,
+    check,
+    place,
+)
 from corral.model import VmSpec
 
 UNREACHABLE = ("target-unknown", "target-offline", "same-node")
@@ -54,6 +60,7 @@ class MigrationDesk:
         :raise PreflightFailed: every reason it cannot move now."""
         vms = self.services.vms
         vms.refuse_if_held(opts.vm)
+        opts = place(self.services, opts)  # `auto`: the best member that passes
         reasons = check(self.services, opts)
         if reasons:
             raise PreflightFailed(reasons)
@@ -79,10 +86,33 @@ class MigrationDesk:
             vms.release_hold(opts.vm, record.id)
             raise
         task_id.append(str(task["id"]))
-        return {"migration_id": record.id, "source": self.services.node, "task": task}
+        return {
+            "migration_id": record.id,
+            "source": self.services.node,
+            "target": opts.target,
+            "task": task,
+        }
 
     def plan(self, opts: MigrationOptions) -> dict[str, Any]:
-        """The preflight's answer and an estimate, moving nothing."""
+        """The preflight's answer and an estimate, moving nothing; for target `auto`, every
+        member ranked with its reasons, and the plan for the best one."""
+        if opts.target != AUTO:
+            return self._plan(opts)
+        ranked = candidates(self.services, opts)
+        if ranked and ranked[0].allowed:
+            answer = self._plan(opts.model_copy(update={"target": ranked[0].node}))
+        else:
+            answer = {
+                "vm": opts.vm,
+                "source": self.services.node,
+                "target": None,
+                "allowed": False,
+                "reasons": [r.to_json() for r in no_target_reasons(opts.vm, ranked)],
+            }
+        answer["ranking"] = [c.to_json() for c in ranked]
+        return answer
+
+    def _plan(self, opts: MigrationOptions) -> dict[str, Any]:
         services = self.services
         reasons = check(services, opts)
         answer: dict[str, Any] = {

@@ -38,6 +38,7 @@ class MigrationServices:
     # Heard from within the cluster's offline time (heartbeats), as the registry says.
     is_online: Callable[[str], bool] = lambda _name: True
     pin_peer: Callable[[str], Callable[[], AgentClient]] | None = None
+    members: Callable[[], list[str]] = lambda: []  # every member's name (placement)
     poll_interval: float = 0.1  # the longest wait for the hypervisor's next event
     watch_interval: float = 0.5  # how often the transfer looks at the target's side
     clock: Callable[[], float] = time.monotonic

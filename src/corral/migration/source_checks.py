@@ -8,11 +8,13 @@ Must never import: agent, cli, lab.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.disk_copy_contract import DiskUsage
 from corral.migration.disk_placement import local_indexes
 from corral.migration.options import MigrationOptions
+from corral.migration.placement import AUTO, Candidate, candidate, no_target_reasons, rank
 from corral.migration.preflight import NodeView, PreflightInput, PreflightReason, preflight
 from corral.migration.services import MigrationServices
 
@@ -70,8 +72,44 @@ def gather(services: MigrationServices, opts: MigrationOptions) -> PreflightInpu
 
 
 def check(services: MigrationServices, opts: MigrationOptions) -> list[PreflightReason]:
-    reasons = preflight(gather(services, opts), services.driver.compatible)
+    return _judge(services, opts, gather(services, opts))
+
+
+def _judge(
+    services: MigrationServices, opts: MigrationOptions, inp: PreflightInput
+) -> list[PreflightReason]:
+    reasons = preflight(inp, services.driver.compatible)
     refused = services.driver.option_refusals(
         postcopy=opts.postcopy, channels=opts.parallel, local_disks=opts.with_local_disks
     )
     return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
+
+
+def candidates(services: MigrationServices, opts: MigrationOptions) -> list[Candidate]:
+    """Every other member judged as a target for `opts.vm` (asked at once), ranked."""
+    others = [name for name in services.members() if name != services.node]
+
+    def judged(name: str) -> Candidate:
+        asked = opts.model_copy(update={"target": name})
+        inp = gather(services, asked)
+        memory = inp.spec.memory_mib if inp.spec is not None else 0
+        facts = inp.target.facts if inp.target is not None else {}
+        return candidate(name, _judge(services, asked, inp), facts, memory)
+
+    if not others:
+        return []
+    with ThreadPoolExecutor(min(8, len(others)), thread_name_prefix="placement") as pool:
+        return rank(list(pool.map(judged, others)))
+
+
+def place(services: MigrationServices, opts: MigrationOptions) -> MigrationOptions:
+    """`opts` with its target chosen when it is `auto` (as it is otherwise).
+
+    :raise PreflightFailed: no member may take the VM, with every member's reasons.
+    """
+    if opts.target != AUTO:
+        return opts
+    ranked = candidates(services, opts)
+    if not ranked or not ranked[0].allowed:
+        raise PreflightFailed(no_target_reasons(opts.vm, ranked))
+    return opts.model_copy(update={"target": ranked[0].node})

@@ -46,6 +46,8 @@ def mirror_buffer(speed: int) -> int:
         return MIRROR_BUFFER
     quarter = speed // 4 // MIN_BUFFER * MIN_BUFFER
     return max(MIN_BUFFER, min(MIRROR_BUFFER, quarter))
+
+
 NBD_AUTHZ = "corral-nbd-authz"
 
 

@@ -1,0 +1,83 @@
+"""Placement (`corral migrate VM` without a node): every other member judged by preflight,
+the most free memory after placing first, then the fewest VMs; every reason kept."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.agent.settings import AgentSettings
+from corral.hypervisors.base import MigrationState as M
+from corral.migration.options import MigrationOptions
+from corral.migration.placement import Candidate, candidate, rank
+from corral.migration.preflight import NodeView, PreflightReason
+from corral.migration.source_checks import PreflightFailed
+from tests.unit.test_orchestrator import FACTS, Rig, desk_of
+
+REFUSED = (PreflightReason("memory", "too little", "x"),)
+
+
+def test_most_free_memory_after_placing_wins_then_fewest_vms_then_name() -> None:
+    ranked = rank(
+        [
+            Candidate("c", (), 1000, 5),
+            Candidate("a", (), 4000, 9),
+            Candidate("b", (), 4000, 2),
+            Candidate("d", REFUSED, 9000, 0),
+        ]
+    )
+    assert [c.node for c in ranked] == ["b", "a", "c", "d"]  # refused last, whatever its memory
+
+
+def test_free_memory_after_placing_counts_the_vm_and_qemus_overhead() -> None:
+    found = candidate("n", [], {"memory_free_mib": 2048, "vm_count": 3}, 512)
+    assert found.free_after_mib == 2048 - 512 - 64
+    assert found.vm_count == 3
+    assert candidate("n", [], {}, 512).free_after_mib is None
+
+
+def placing(tmp_path: Path, free: dict[str, int]) -> Rig:
+    rig = Rig(tmp_path, [M.SETUP, M.COMPLETED])
+
+    def view(name: str) -> NodeView:
+        return NodeView(name, {**FACTS, "memory_free_mib": free[name], "vm_count": 1})
+
+    rig.services = replace(rig.services, members=lambda: ["src", *free], target_view=view)
+    return rig
+
+
+def test_the_plan_ranks_every_member_and_plans_for_the_best(tmp_path: Path) -> None:
+    rig = placing(tmp_path, {"big": 4096, "small": 1024, "tiny": 100})
+    answer = desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="auto"))
+    assert answer["target"] == "big"
+    assert answer["allowed"]
+    ranking: list[dict[str, Any]] = answer["ranking"]
+    assert [c["node"] for c in ranking] == ["big", "small", "tiny"]
+    assert [c["allowed"] for c in ranking] == [True, True, False]
+    assert ranking[2]["reasons"][0]["code"] == "memory"  # the VM needs 64 + 64 MiB
+    assert "estimate" in answer  # the plan for the chosen one
+
+
+def test_start_without_a_target_moves_to_the_best_member(tmp_path: Path) -> None:
+    rig = placing(tmp_path, {"big": 4096, "small": 1024})
+    started = desk_of(rig, {}).start(MigrationOptions(vm="vm1", target="auto"), "cli@src")
+    assert started["target"] == "big"
+    assert started["task"]["args"]["options"]["target"] == "big"
+
+
+def test_no_member_that_passes_refuses_with_every_members_reasons(tmp_path: Path) -> None:
+    rig = placing(tmp_path, {"a": 10, "b": 20})
+    with pytest.raises(PreflightFailed) as refused:
+        desk_of(rig, {}).start(MigrationOptions(vm="vm1", target="auto"), "cli@src")
+    assert [r["node"] for r in refused.value.details] == ["a", "b"]  # type: ignore[attr-defined]
+    alone = placing(tmp_path / "alone", {})
+    with pytest.raises(PreflightFailed, match="no-target"):
+        desk_of(alone, {}).start(MigrationOptions(vm="vm1", target="auto"), "cli@src")
+
+
+def test_no_node_may_be_named_auto() -> None:
+    with pytest.raises(ValueError, match="let corral choose a node"):
+        AgentSettings(node_name="auto")
