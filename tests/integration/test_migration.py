@@ -441,3 +441,24 @@ def test_mixed_disks_copy_the_local_one_and_leave_the_shared_one(
     assert not [ln for ln in console_lines(node2, "mixed") if ln.startswith("DISKERR")]
     corral_ok(node2, "vm", "kill", "mixed")
     corral_ok(node2, "vm", "delete", "mixed")
+
+
+def test_without_a_node_corral_places_the_vm_on_the_best_member(
+    lab: LabPlan, guest_image: GuestImage
+) -> None:
+    node1 = lab.nodes[0]
+    boot(lab, guest_image, "placed", 72, memory=128)
+    out = corral(node1, "migrate", "placed", "--plan", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    ranking = plan["ranking"]
+    assert {c["node"] for c in ranking} == {"node2", "node3"}  # every other member
+    assert all(c["allowed"] for c in ranking)
+    assert plan["target"] == ranking[0]["node"]
+    assert ranking[0]["free_after_mib"] >= ranking[1]["free_after_mib"]
+    moved = corral(node1, "migrate", "placed", "--json")  # no node named
+    assert moved.returncode == 0, moved.stderr
+    summary = json.loads(moved.stdout.splitlines()[-1])
+    assert summary["target"] in ("node2", "node3")
+    assert where_it_runs(lab, "placed") == [summary["target"]]
+    corral_ok(lab.node(summary["target"]), "vm", "kill", "placed")

@@ -34,6 +34,7 @@ from corral.hypervisors.qemu.qmp_session import QmpSession
 from corral.waiting import wait_for
 
 NBD_TLS = "corral-nbd-tls"
+NBD_AUTHZ = "corral-nbd-authz"
 MIRROR_BUFFER = 64 * 1024 * 1024  # bytes a mirror keeps in flight (QEMU's default: 16 MiB)
 MIN_BUFFER = 1024 * 1024
 
@@ -46,9 +47,6 @@ def mirror_buffer(speed: int) -> int:
         return MIRROR_BUFFER
     quarter = speed // 4 // MIN_BUFFER * MIN_BUFFER
     return max(MIN_BUFFER, min(MIRROR_BUFFER, quarter))
-
-
-NBD_AUTHZ = "corral-nbd-authz"
 
 
 def disk_node(index: int) -> str:
