@@ -47,3 +47,11 @@ def test_version_prints_the_package_version() -> None:
     from corral import __version__
 
     assert corral("version").stdout.strip() == __version__
+
+
+def test_disk_copy_options_without_the_copy_are_refused_before_any_agent_is_asked() -> None:
+    for flag in ("--keep-source-disks", "--drop-checkpoints"):
+        out = corral("migrate", "web1", "node2", flag)
+        assert out.returncode == 2, out.stderr
+        assert f"{flag}: applies only with --with-local-disks" in out.stderr
+        assert "Traceback" not in out.stderr

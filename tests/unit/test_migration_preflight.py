@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral.hypervisors.bhyve.driver import BhyveDriver
 from corral.hypervisors.disk_copy_contract import DiskUsage
 from corral.hypervisors.qemu.driver import QemuDriver
@@ -238,3 +240,14 @@ def test_a_capped_copy_keeps_a_small_buffer_so_the_cap_holds_throughout() -> Non
     assert mirror_buffer(8 << 20) == 2 << 20  # 8 MiB/s: a quarter second
     assert mirror_buffer(1 << 20) == 1 << 20  # never below 1 MiB
     assert mirror_buffer(10 << 30) == MIRROR_BUFFER
+
+
+def test_the_disk_flags_need_the_disk_copy() -> None:
+    from pydantic import ValidationError
+
+    from corral.migration.options import MigrationOptions
+
+    for flag in ("keep_source_disks", "drop_checkpoints"):
+        with pytest.raises(ValidationError, match=f"{flag} applies only with with_local_disks"):
+            MigrationOptions(vm="a", target="b", **{flag: True})
+        MigrationOptions(vm="a", target="b", with_local_disks=True, **{flag: True})

@@ -14,6 +14,7 @@ from corral.cli.connection import JsonOption, NodeOption, agent_client
 from corral.cli.follow import FINISHED, TaskEnded, ended_stream
 from corral.cli.output import console, print_json
 from corral.client import AgentClient
+from corral.errors import UserInputError
 from corral.tasks.states import TaskState
 
 MIB = 1024 * 1024
@@ -271,6 +272,12 @@ def migrate_command(
 
     Exit codes: 0 moved; 4 refused by preflight (every reason listed); 14 failed (the VM runs
     where it was, or see --recover); 12 cancelled."""
+    for flag, given in (
+        ("--keep-source-disks", keep_source_disks),
+        ("--drop-checkpoints", drop_checkpoints),
+    ):
+        if given and not with_local_disks:
+            raise UserInputError(flag, "applies only with --with-local-disks")
     with agent_client(node) as client:
         if cancel:
             answer = client.post(f"/migrations/{vm}/cancel")

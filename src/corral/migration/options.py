@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.migration.policy import OnTimeout, PolicyLimits, completion_timeout
 from corral.model import NAME_PATTERN
@@ -40,6 +40,13 @@ class MigrationOptions(BaseModel):
     drop_checkpoints: bool = Field(
         False, description="delete the checkpoints that cannot move, with the move"
     )
+
+    @model_validator(mode="after")
+    def _disk_flags_need_the_copy(self) -> MigrationOptions:
+        for name in ("keep_source_disks", "drop_checkpoints"):
+            if getattr(self, name) and not self.with_local_disks:
+                raise ValueError(f"{name} applies only with with_local_disks")
+        return self
 
     def limits(self, ram_bytes: int) -> PolicyLimits:
         timeout = self.timeout_s or completion_timeout(ram_bytes, self.timeout_per_gib_s)
