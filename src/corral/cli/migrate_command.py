@@ -81,8 +81,10 @@ def follow_migration(client: AgentClient, task: dict[str, Any], json_lines: bool
         for last in updates:
             p = last["progress"]
             if p.get("phase") == "disks" and disks is None:
+                # The disks' row first, the RAM's below it: the order they move in.
+                bar.remove_task(row)
                 disks = bar.add_task("disks", total=None, phase="disks", info="")
-                bar.update(row, phase="RAM", info="after the disks")
+                row = bar.add_task("migrate", total=None, phase="RAM", info="after the disks")
             bar.update(
                 disks if p.get("phase") == "disks" and disks is not None else row,
                 total=p.get("total") or None,
