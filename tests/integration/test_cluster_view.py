@@ -82,3 +82,16 @@ def test_a_member_that_does_not_answer_has_its_vms_shown_as_unknown(lab: LabPlan
         assert "it had 1 VM(s) at its last heartbeat" in fresh.stderr
     finally:
         agents.start_agent(lab, node2)
+
+
+def test_create_with_node_auto_places_the_vm_on_a_member_that_can_take_it(
+    lab: LabPlan,
+) -> None:
+    node3 = lab.nodes[2]
+    out = corral(node3, "vm", "create", "placed", "--memory", "64", "--disk", "8", "--node", "auto")
+    assert out.returncode == 0, out.stderr
+    chosen = out.stderr.split("placing placed on ")[1].split()[0]
+    assert chosen in ("node1", "node2", "node3")
+    found = listed(corral_json(node3, "vm", "list"))
+    assert found["placed"] == (chosen, "stopped")
+    corral_ok(lab.node(chosen), "vm", "delete", "placed")

@@ -12,7 +12,7 @@ import pytest
 from corral.agent.settings import AgentSettings
 from corral.hypervisors.base import MigrationState as M
 from corral.migration.options import MigrationOptions
-from corral.migration.placement import Candidate, candidate, rank
+from corral.migration.placement import Candidate, candidate, creation_reasons, rank
 from corral.migration.preflight import NodeView, PreflightReason
 from corral.migration.source_checks import PreflightFailed
 from tests.unit.test_orchestrator import FACTS, Rig, desk_of
@@ -81,3 +81,48 @@ def test_no_member_that_passes_refuses_with_every_members_reasons(tmp_path: Path
 def test_no_node_may_be_named_auto() -> None:
     with pytest.raises(ValueError, match="let corral choose a node"):
         AgentSettings(node_name="auto")
+
+
+def test_a_new_vm_goes_where_it_fits_with_its_bridges_and_machine_type() -> None:
+    facts = {
+        "memory_free_mib": 4096,
+        "bridges": ["br0"],
+        "machine_types": ["pc-q35-7.2"],
+        "vm_count": 1,
+    }
+
+    def judged(name: str, **changes: Any) -> Candidate:
+        online = changes.pop("online", True)
+        draining = changes.pop("draining", False)
+        mine = {**facts, **changes}
+        reasons = creation_reasons(
+            name,
+            mine,
+            online=online,
+            draining=draining,
+            memory_mib=512,
+            bridges=["br0"],
+            machine="pc-q35-7.2",
+        )
+        return candidate(name, reasons, mine, 512)
+
+    ranked = rank(
+        [
+            judged("roomy", memory_free_mib=8192),
+            judged("busy", vm_count=9),
+            judged("down", online=False),
+            judged("drained", draining=True),
+            judged("nobridge", bridges=[]),
+            judged("old", machine_types=["pc-q35-6.2"]),
+            judged("full", memory_free_mib=500),
+        ]
+    )
+    assert [c.node for c in ranked if c.allowed] == ["roomy", "busy"]
+    codes = {c.node: [r.code for r in c.reasons] for c in ranked if not c.allowed}
+    assert codes == {
+        "down": ["target-offline"],
+        "drained": ["target-draining"],
+        "nobridge": ["bridge"],
+        "old": ["machine-type"],
+        "full": ["memory"],
+    }

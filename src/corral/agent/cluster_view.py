@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, NotFoundError
+from corral.migration.placement import Candidate, candidate, creation_reasons, rank
+from corral.vms.specs import VmRequest
 
 if TYPE_CHECKING:
     from corral.agent.node_agent import NodeAgent
@@ -122,3 +124,30 @@ def find_vm(agent: NodeAgent, name: str) -> dict[str, Any]:
     silent = [n["name"] for n in view["nodes"] if not n["answered"]]
     also = f" ({', '.join(silent)} did not answer)" if silent else ""
     raise NotFoundError(f"no node of the cluster owns a VM named {name!r}{also}")
+
+
+def rank_for_creation(agent: NodeAgent, request: VmRequest) -> list[Candidate]:
+    """Every member (this one too) judged as the home of `request`, best first."""
+    now = time.time()
+    bridges = [nic.bridge for nic in request.nics]
+    records = agent.registry.list() if agent.pki.member else []
+    draining_here = any(n.draining for n in records if n.name == agent.name)
+    members = [
+        (n.name, n.facts, n.online(now, agent.settings.offline_after), n.draining)
+        for n in records
+        if n.name != agent.name
+    ]
+    members.append((agent.name, agent.facts(), True, draining_here))
+    judged = []
+    for name, facts, online, draining in members:
+        reasons = creation_reasons(
+            name,
+            facts,
+            online=online,
+            draining=draining,
+            memory_mib=request.memory_mib,
+            bridges=bridges,
+            machine=request.machine,
+        )
+        judged.append(candidate(name, reasons, facts, request.memory_mib))
+    return rank(judged)

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from corral.agent.access import Access, allow, caller_of
 from corral.agent.api_models import CheckpointCreate, StopRequest
-from corral.agent.cluster_view import cluster_vms, find_vm
+from corral.agent.cluster_view import cluster_vms, find_vm, rank_for_creation
 from corral.agent.node_agent import NodeAgent
 from corral.model import NAME_PATTERN
 from corral.vms.specs import VmRequest
@@ -41,6 +41,12 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         agent.check_vm_request(body, from_peer=not caller_of(request).local)
         agent.require_name_free(body.name)
         return vms.describe(vms.create(body))
+
+    @app.post("/v1/placement", tags=["vms"], dependencies=LOCAL)
+    def place_new_vm(body: VmRequest) -> list[dict[str, Any]]:
+        """Every member ranked as the home of a new VM (`vm create --node auto`), best
+        first, each with its reasons, from the facts of its last heartbeat."""
+        return [c.to_json() for c in rank_for_creation(agent, body)]
 
     @app.get("/v1/cluster/vms", tags=["vms"], dependencies=LOCAL)
     def list_cluster_vms() -> dict[str, Any]:

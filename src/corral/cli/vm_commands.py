@@ -15,7 +15,7 @@ from corral.cli.follow import follow_task
 from corral.cli.format import ago, mib
 from corral.cli.output import console, err_console, print_json, print_table
 from corral.cli.tables import vm_table
-from corral.errors import UserInputError
+from corral.errors import ConflictError, UserInputError
 
 vm_app = typer.Typer(
     help="Create, run and inspect VMs.", no_args_is_help=True, add_completion=False
@@ -76,6 +76,21 @@ def _request_from(name: str | None, spec: Path | None, flags: dict[str, Any]) ->
     return body
 
 
+def _place(body: dict[str, Any], *, quiet: bool) -> str:
+    """The member a new VM goes to (`--node auto`): the best that can take it.
+
+    :raise ConflictError: none can, with every member's reasons."""
+    with agent_client(None) as client:
+        ranking = client.post("/placement", body)
+    if not ranking or not ranking[0]["allowed"]:
+        reasons = "; ".join(f"[{r['code']}] {r['message']}" for c in ranking for r in c["reasons"])
+        raise ConflictError(f"no member can take VM {body.get('name')}: {reasons or 'none'}")
+    chosen = str(ranking[0]["node"])
+    if not quiet:
+        err_console.print(f"placing {body.get('name')} on {chosen}", highlight=False)
+    return chosen
+
+
 @vm_app.command("create")
 def create_command(
     name: Annotated[str | None, typer.Argument(help="The VM's name.")] = None,
@@ -98,7 +113,16 @@ def create_command(
     initrd: Annotated[str | None, typer.Option(help="Its initrd.")] = None,
     cmdline: Annotated[str | None, typer.Option(help="Its command line.")] = None,
     start: Annotated[bool, typer.Option("--start", help="Start it once created.")] = False,
-    node: NodeOption = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            envvar="CORRAL_NODE",
+            help="Create it on this member (default: the local node); auto: the member with"
+            " the most free memory after placing it that has its bridges and machine type.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Define a VM (from --spec, flags, or both; flags add to the spec)."""
@@ -121,6 +145,8 @@ def create_command(
             "cmdline": cmdline,
         },
     )
+    if node == "auto":
+        node = _place(body, quiet=json_out)
     with agent_client(node) as client:
         vm = client.post("/vms", body)
         if start:

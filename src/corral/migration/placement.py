@@ -71,3 +71,39 @@ def no_target_reasons(vm: str, ranked: list[Candidate]) -> list[PreflightReason]
     if not ranked:
         return [PreflightReason("no-target", f"no other member to move {vm} to", AUTO)]
     return [r for c in ranked for r in c.reasons]
+
+
+def creation_reasons(
+    node: str,
+    facts: dict[str, Any],
+    *,
+    online: bool,
+    draining: bool,
+    memory_mib: int,
+    bridges: list[str],
+    machine: str,
+) -> list[PreflightReason]:
+    """Why a new VM cannot be placed on `node` (`vm create --node auto`), from the facts
+    of its last heartbeat: offline, draining, too little free memory, a bridge it lacks, a
+    machine type its QEMU does not know."""
+    if not online:
+        return [PreflightReason("target-offline", f"{node} is offline", node)]
+    reasons = []
+    if draining:
+        reasons.append(PreflightReason("target-draining", f"{node} is being drained", node))
+    free = facts.get("memory_free_mib")
+    needed = memory_mib + MEMORY_OVERHEAD_MIB
+    if not isinstance(free, int) or free < needed:
+        reasons.append(
+            PreflightReason("memory", f"{node} has {free} MiB free; the VM needs {needed}", node)
+        )
+    present = set(facts.get("bridges", []))
+    for bridge in bridges:
+        if bridge not in present:
+            reasons.append(PreflightReason("bridge", f"{node} has no bridge {bridge!r}", node))
+    known = facts.get("machine_types")
+    if known and machine not in known:
+        reasons.append(
+            PreflightReason("machine-type", f"{node}'s QEMU has no machine type {machine}", node)
+        )
+    return reasons
