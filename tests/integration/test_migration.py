@@ -453,12 +453,16 @@ def test_without_a_node_corral_places_the_vm_on_the_best_member(
     plan = json.loads(out.stdout)
     ranking = plan["ranking"]
     assert {c["node"] for c in ranking} == {"node2", "node3"}  # every other member
-    assert all(c["allowed"] for c in ranking)
-    assert plan["target"] == ranking[0]["node"]
-    assert ranking[0]["free_after_mib"] >= ranking[1]["free_after_mib"]
+    allowed = [c for c in ranking if c["allowed"]]
+    assert allowed, ranking
+    assert ranking[: len(allowed)] == allowed  # those that pass first, best first
+    assert plan["target"] == allowed[0]["node"]
+    assert all(c["reasons"] for c in ranking[len(allowed) :])  # a refusal says why
+    frees = [c["free_after_mib"] for c in allowed]
+    assert frees == sorted(frees, reverse=True)
     moved = corral(node1, "migrate", "placed", "--json")  # no node named
     assert moved.returncode == 0, moved.stderr
     summary = json.loads(moved.stdout.splitlines()[-1])
-    assert summary["target"] in ("node2", "node3")
+    assert summary["target"] in {c["node"] for c in allowed}
     assert where_it_runs(lab, "placed") == [summary["target"]]
     corral_ok(lab.node(summary["target"]), "vm", "kill", "placed")

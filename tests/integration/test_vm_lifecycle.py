@@ -265,7 +265,9 @@ def test_node_option_creates_and_runs_a_vm_on_another_node(
     corral_ok(node1, "vm", "create", "far", "--node", "node2", "--disk", "8", "--start")
     assert corral_json(node2, "vm", "show", "far")["owner"] == "node2"
     assert corral_json(node2, "vm", "show", "far")["observed"] == "running"
-    assert "far" not in {v["name"] for v in corral_json(node1, "vm", "list")}
+    assert "far" not in {v["name"] for v in corral_json(node1, "vm", "list", "--node", "node1")}
+    everywhere = {v["name"]: v["node"] for v in corral_json(node1, "vm", "list")}
+    assert everywhere["far"] == "node2"  # the cluster view shows it, on its node
     out = corral(node1, "vm", "create", "far", *guest_args(guest_image))
     assert out.returncode == 4
     assert "already exists on node2" in out.stderr
