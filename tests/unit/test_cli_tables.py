@@ -66,6 +66,9 @@ def test_node_list_fits_80_columns_with_every_cell_whole() -> None:
     assert max(len(line) for line in text.splitlines()) <= 80
     for expected in ("node1 *", "node2", "node3", "online", "draining", "offline"):
         assert expected in text
+    empty = node("node4", draining=True)
+    empty["facts"]["vm_count"] = 0
+    assert "online drained" in render(node_table([empty]))
     assert text.count("20.0 GiB / 23.5 GiB") == 3
     assert "GenuineIntel" not in text  # wide only
 

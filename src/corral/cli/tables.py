@@ -62,9 +62,12 @@ def vm_table(vms: list[dict[str, Any]], *, wide: bool = False) -> Table:
 
 
 def node_state(n: dict[str, Any]) -> str:
+    """online or offline; a node in maintenance is draining while it still owns VMs, then
+    drained."""
     state = "[green]online[/]" if n["online"] else "[red]offline[/]"
     if n.get("draining"):
-        state += " [yellow]draining[/]"
+        drained = n.get("facts", {}).get("vm_count") == 0
+        state += " [yellow]drained[/]" if drained else " [yellow]draining[/]"
     return state
 
 
