@@ -12,7 +12,7 @@ import pytest
 
 from corral.database import Database
 from corral.errors import HypervisorError, UserInputError
-from corral.tasks.runner import TaskContext, TaskKind, TaskRunner
+from corral.tasks.runner import TaskContext, TaskKind, TaskRunner, TaskSuspended
 from corral.tasks.states import TaskState
 from corral.tasks.store import Task, TaskStore
 from corral.waiting import wait_for
@@ -200,3 +200,34 @@ def test_a_kinds_own_recovery_can_fail_the_task(store: TaskStore) -> None:
     [recovered] = TaskRunner(store, {"fail": kind}).recover_interrupted()
     assert recovered.state == TaskState.FAILED
     assert recovered.error == "VM found on no node"
+
+
+def test_a_coordinator_runs_beside_the_slots_and_an_agent_stop_suspends_it(
+    store: TaskStore, gate: Gate
+) -> None:
+    def coordinate(ctx: TaskContext) -> dict[str, Any]:
+        while not ctx.stopping():
+            ctx.check_cancelled()
+            threading.Event().wait(0.01)
+        raise TaskSuspended()
+
+    kinds = {
+        "gate": TaskKind("gate", gate.run, idempotent=True),
+        "drain": TaskKind("drain", coordinate, idempotent=True, coordinator=True),
+    }
+    runner = TaskRunner(store, kinds, max_parallel=1, poll_interval=0.02)
+    runner.start()
+    try:
+        drain = runner.submit("drain", {}, "test")
+        wait_state(store, drain.id, TaskState.RUNNING)
+        child = runner.submit("gate", {}, "test")  # the one slot is still free
+        wait_for(lambda: gate.running == 1, timeout=10, what="the gate running beside it")
+        assert store.get(child.id).state == TaskState.RUNNING
+    finally:
+        gate.release.set()
+        runner.stop(grace=5)
+    left = store.get(drain.id)
+    assert left.state == TaskState.RUNNING  # suspended, not cancelled: the next start resumes
+    assert not store.cancel_requested(drain.id)
+    [again] = TaskRunner(store, kinds).recover_interrupted()
+    assert (again.id, again.state) == (drain.id, TaskState.QUEUED)

@@ -43,6 +43,7 @@ from corral.agent.http_guards import (
     LimitBody,
 )
 from corral.agent.node_agent import NodeAgent
+from corral.agent.routes_drain import maintenance_routes
 from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
 from corral.agent.task_stream import MEDIA_TYPE, task_events
@@ -167,6 +168,7 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
     vm_routes(app, agent, lambda request: _owner(request, agent))
     migration_routes(app, agent, lambda request: _owner(request, agent))
     runtime_routes(app, agent)
+    maintenance_routes(app, agent, lambda request: _owner(request, agent))
     access_table(app)  # refuses to build an app with a route that says nobody may call it
     # Outermost last: the body bound, then who is calling, then everything else.
     if via == "local":

@@ -131,7 +131,7 @@ def rank_for_creation(agent: NodeAgent, request: VmRequest) -> list[Candidate]:
     now = time.time()
     bridges = [nic.bridge for nic in request.nics]
     records = agent.registry.list() if agent.pki.member else []
-    draining_here = any(n.draining for n in records if n.name == agent.name)
+    draining_here = agent.draining
     members = [
         (n.name, n.facts, n.online(now, agent.settings.offline_after), n.draining)
         for n in records

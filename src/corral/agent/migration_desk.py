@@ -43,7 +43,8 @@ def target_view(agent: NodeAgent, name: str) -> NodeView | None:
         online = True
     except CorralError:
         facts, online = node.facts, False
-    return NodeView(name, facts, online=online, draining=node.draining)
+    draining = bool(facts.get("draining")) if online else node.draining
+    return NodeView(name, facts, online=online, draining=draining)
 
 
 def migration_services(agent: NodeAgent) -> MigrationServices:

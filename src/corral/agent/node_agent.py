@@ -22,6 +22,7 @@ from corral.agent.cluster_view import LastSeen
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
+from corral.cluster.maintenance import is_draining
 from corral.cluster.peer_client import PeerPool
 from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
 from corral.cluster.registry import Member, NodeRecord, NodeRegistry
@@ -101,7 +102,19 @@ class NodeAgent:
         facts["storage"] = self.dirs.describe()
         facts["corral_version"] = __version__
         facts["registry_version"] = self.registry.version
+        facts["draining"] = self.draining
         return facts
+
+    def note_own_facts(self) -> None:
+        """Record this node's facts now (its maintenance flag changed): `node list` here
+        shows it at once; peers see it at their next heartbeat, preflight at once."""
+        if self.pki.member:
+            self.registry.mark_seen(self.name, self.facts())
+
+    @property
+    def draining(self) -> bool:
+        """In maintenance: takes no VM (cluster/maintenance.py)."""
+        return is_draining(self.db)
 
     def cluster_status(self) -> dict[str, Any]:
         member = self.pki.member

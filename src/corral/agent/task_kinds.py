@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from corral.errors import CorralError, UserInputError
+from corral.cluster.maintenance import set_draining
+from corral.errors import ConflictError, CorralError, UserInputError
+from corral.migration.drain import DrainOptions, run_drain
 from corral.migration.options import MigrationOptions
 from corral.migration.orchestrator import run_source
 from corral.migration.receive_args import ReceiveArgs
@@ -159,6 +161,8 @@ def _validate_receive(agent: NodeAgent, args: dict[str, Any]) -> None:
             "args." + ".".join(str(p) for p in first["loc"]), first["msg"]
         ) from exc
     agent.check_spec_paths(target_spec(receive, agent.vms))
+    if agent.draining:
+        raise ConflictError(f"{agent.name} is being drained: it takes no VM")
 
 
 def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
@@ -206,6 +210,38 @@ def migration_kinds(agent: NodeAgent) -> list[TaskKind]:
     ]
 
 
+def _validate_drain(args: dict[str, Any]) -> None:
+    extra = set(args) - {"options"}
+    if extra:
+        raise UserInputError(f"args.{sorted(extra)[0]}", "unknown argument of a drain task")
+    try:
+        DrainOptions.model_validate(args.get("options", {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserInputError(
+            "args.options." + ".".join(str(p) for p in first["loc"]), first["msg"]
+        ) from exc
+
+
+def drain_kind(agent: NodeAgent) -> TaskKind:
+    """Empty this node for maintenance: its migrations are child tasks (migration/drain.py)."""
+    from corral.agent import drain_desk
+
+    def drain(ctx: TaskContext) -> dict[str, Any]:
+        set_draining(agent.db, True)  # a drain queued by hand marks the node too
+        agent.note_own_facts()
+        return run_drain(drain_desk.drain_services(agent, ctx.task.id), ctx)
+
+    return TaskKind(
+        "node.drain",
+        drain,
+        idempotent=True,  # it resumes from its progress record
+        coordinator=True,
+        validate=_validate_drain,
+        description="drain this node: live-migrate its running VMs away, re-home stopped ones",
+    )
+
+
 def builtin_kinds(agent: NodeAgent) -> dict[str, TaskKind]:
     kinds = [
         TaskKind(
@@ -218,5 +254,6 @@ def builtin_kinds(agent: NodeAgent) -> dict[str, TaskKind]:
         ),
         *vm_kinds(agent.vms),
         *migration_kinds(agent),
+        drain_kind(agent),
     ]
     return {k.name: k for k in kinds}

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from corral.cli.connection import JsonOption, NodeOption, agent_client
+from corral.cli.drain_commands import drain_command, undrain_command
 from corral.cli.output import console, print_json, print_table
 from corral.cli.tables import node_table
 
@@ -17,8 +18,12 @@ cluster_app = typer.Typer(
     add_completion=False,
 )
 node_app = typer.Typer(
-    help="Add, list and remove the cluster's nodes.", no_args_is_help=True, add_completion=False
+    help="Add, list and remove the cluster's nodes; drain one for maintenance.",
+    no_args_is_help=True,
+    add_completion=False,
 )
+node_app.command("drain")(drain_command)
+node_app.command("undrain")(undrain_command)
 
 
 @cluster_app.command("init")

@@ -32,6 +32,8 @@ def progress_text(progress: dict[str, Any]) -> str:
     parts = [str(progress.get("phase", ""))]
     if "done" in progress and "total" in progress:
         parts.append(f"{progress['done']}/{progress['total']} {progress.get('unit', '')}")
+    if progress.get("bytes"):
+        parts.append(f"{progress['bytes'] / 1048576:.1f} MiB sent")
     if progress.get("message"):
         parts.append(str(progress["message"]))
     return " ".join(p for p in parts if p).strip()

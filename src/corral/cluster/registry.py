@@ -202,10 +202,11 @@ class NodeRegistry:
             return True
 
     def mark_seen(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
+        """Record a member's facts as it reported them, with its maintenance flag."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE nodes SET last_seen = ?, facts = ? WHERE name = ?",
-                (at or time.time(), json.dumps(facts), name),
+                "UPDATE nodes SET last_seen = ?, facts = ?, draining = ? WHERE name = ?",
+                (at or time.time(), json.dumps(facts), int(bool(facts.get("draining"))), name),
             )
 
     # -- inside ----------------------------------------------------------------------------

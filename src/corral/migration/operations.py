@@ -50,11 +50,15 @@ class MigrationDesk:
     # What the last migrations from here to a node achieved, newest first: (target, tls).
     history: Callable[[str, bool], list[PastMigration]] = lambda _target, _tls: []
 
-    def start(self, opts: MigrationOptions, owner: str) -> dict[str, Any]:
+    def start(
+        self, opts: MigrationOptions, owner: str, parent: str | None = None
+    ) -> dict[str, Any]:
         """Preflight, refusing with every reason; then the migration task, with the VM held
         from now on (a second migration or any other operation is refused until the task
         ends, queued or running). Preflight runs here only: the task trusts it (the target
         checks its storage and the name again).
+
+        `parent`: the task this migration is a child of (a drain).
 
         :raise ConflictError: the VM is held (migrating already).
         :raise PreflightFailed: every reason it cannot move now."""
@@ -80,6 +84,8 @@ class MigrationDesk:
             "options": opts.model_dump(mode="json"),
             "preflight": "passed",
         }
+        if parent is not None:
+            args["parent"] = parent
         try:
             task = self.submit(args, owner)
         except BaseException:

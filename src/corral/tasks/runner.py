@@ -28,12 +28,20 @@ class TaskCancelled(Exception):
     """Raised inside a handler when its task's cancel was requested."""
 
 
+class TaskSuspended(Exception):
+    """Raised inside a coordinator when its agent stops: the task stays running in the
+    store, so the next start marks it interrupted and runs it again (it resumes)."""
+
+
 class TaskContext:
     """What a running handler sees: its task, its log, its progress and its cancel flag."""
 
-    def __init__(self, store: TaskStore, task: Task) -> None:
+    def __init__(
+        self, store: TaskStore, task: Task, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         self.store = store
         self.task = task
+        self.stopping = stopping  # the agent is stopping (coordinators suspend)
 
     @property
     def args(self) -> dict[str, Any]:
@@ -71,6 +79,9 @@ class TaskKind:
     what it can and returns None to leave the task interrupted, or a reason to fail it.
     `from_peers`: other members may create it here (a protocol's deferred task); other
     kinds come only from this node's CLI or its own routes.
+    `coordinator`: it mostly waits on tasks it queues itself (a drain), so it runs beside
+    the K slots, not in one; an agent stop does not cancel it but suspends it
+    (`TaskSuspended`), and the next start runs it again (it must be idempotent).
     """
 
     name: str
@@ -80,6 +91,7 @@ class TaskKind:
     recover: Recovery | None = None
     description: str = ""
     from_peers: bool = False
+    coordinator: bool = False
 
 
 class TaskRunner:
@@ -99,6 +111,7 @@ class TaskRunner:
         self.poll_interval = poll_interval
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="task")
         self._running: dict[str, Future[None]] = {}
+        self._coordinators: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -160,10 +173,13 @@ class TaskRunner:
         self._wake.set()
         with self._lock:
             running = list(self._running)
+            coordinators = list(self._coordinators.values())
         for task_id in running:
             with contextlib.suppress(CorralError):
                 self.store.request_cancel(task_id)
         deadline = time.monotonic() + grace
+        for thread in coordinators:  # they suspend on their own (they see `stopping`)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for task_id in running:
             future = self._running.get(task_id)
             if future is not None:
@@ -186,7 +202,7 @@ class TaskRunner:
         with self._lock:
             free = self.max_parallel - len(self._running)
         for task in self.store.queued():
-            if free <= 0 or self._stopping.is_set():
+            if self._stopping.is_set():
                 return
             if task.after is not None and not self._dependency_ready(task):
                 continue
@@ -195,12 +211,23 @@ class TaskRunner:
                     task.id, TaskState.FAILED, error=f"this agent knows no task kind {task.kind!r}"
                 )
                 continue
+            coordinator = self.kinds[task.kind].coordinator
+            if free <= 0 and not coordinator:
+                continue
             try:
                 started = self.store.transition(
                     task.id, TaskState.RUNNING, "started", expect=TaskState.QUEUED
                 )
             except ConflictError:
                 continue  # cancelled meanwhile
+            if coordinator:
+                thread = threading.Thread(
+                    target=self._execute, args=(started,), name=f"task-{task.id}", daemon=True
+                )
+                with self._lock:
+                    self._coordinators[task.id] = thread
+                thread.start()
+                continue
             with self._lock:
                 self._running[task.id] = self._pool.submit(self._execute, started)
             free -= 1
@@ -220,13 +247,15 @@ class TaskRunner:
         return True
 
     def _execute(self, task: Task) -> None:
-        ctx = TaskContext(self.store, task)
+        ctx = TaskContext(self.store, task, self._stopping.is_set)
         kind = self.kinds[task.kind]
         try:
             ctx.log(f"started {task.kind} (attempt {task.attempt})")
             result = kind.run(ctx)
             ctx.log("succeeded")
             self.store.transition(task.id, TaskState.SUCCEEDED, "finished", result=result or {})
+        except TaskSuspended:
+            ctx.log("suspended: the agent is stopping; its next start resumes this task")
         except TaskCancelled:
             ctx.log("cancelled")
             self.store.transition(task.id, TaskState.CANCELLED, "cancel requested")
@@ -249,4 +278,5 @@ class TaskRunner:
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
+                self._coordinators.pop(task.id, None)
             self._wake.set()
