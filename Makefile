@@ -1,5 +1,5 @@
 # corral: the two commands that do everything on a fresh Debian 12 machine (as root):
-#   make demo   build a two-node lab on this machine and show the test guest in it
+#   make demo   build a three-node lab on this machine, migrate the test guest, drain its node
 #   make test   lint, type-check and run the whole test suite
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,11 +9,11 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt bench-peer-link bench-plan bench-disk
+	bench-libvirt bench-peer-link bench-plan bench-disk bench-drain
 RUNS ?= 3
 
 help:
-	@echo "make demo   - two-node lab, boot the test guest, ping it, show its counter"
+	@echo "make demo   - three-node lab: boot the test guest, migrate it there and back, drain its node"
 	@echo "make test   - ruff, mypy --strict and every test (needs root)"
 	@echo "make deps   - install the Debian packages (root)"
 	@echo "make venv   - the virtual environment with corral and its dev tools"
@@ -23,6 +23,7 @@ help:
 	@echo "               bench-convergence, bench-control, bench-plan)"
 	@echo "make bench-libvirt - installs libvirt, then corral against virsh migrate --live"
 	@echo "make bench-disk - installs libvirt, then --with-local-disks against --copy-storage-all"
+	@echo "make bench-drain - drain a node of 6 guests, --parallel 1, 2, 4, against single migrations"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
 
 deps:
@@ -81,6 +82,9 @@ bench-plan: deps venv image
 bench-disk: deps venv image
 	scripts/install-libvirt.sh
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.disk_copy
+
+bench-drain: deps venv image
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.drain
 
 bench-peer-link: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link

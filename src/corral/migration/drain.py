@@ -149,7 +149,9 @@ class Drain:
                 self._start_what_fits()
             self._publish()
             if not self._in_flight() and (cancelling or not self.queue):
-                break
+                if cancelling or not self._arrivals():
+                    break
+                continue
             self.services.wait(POLL_S)
             self._collect()
         return self._finish(cancelled=self.ctx.cancel_requested)
@@ -187,6 +189,21 @@ class Drain:
                 )
             self.entries[vm.name] = entry
         self._publish()
+
+    def _arrivals(self) -> bool:
+        """Queue the running VMs that arrived here during the drain (a migration accepted
+        just before the node was marked draining); True when there are any."""
+        new = [
+            vm
+            for vm in self.services.owned()
+            if vm.observed == "running"
+            and (vm.name not in self.entries or self.entries[vm.name].state in (MOVED, REHOMED))
+        ]
+        for vm in new:
+            self.ctx.log(f"{vm.name} arrived during the drain: it is moved too")
+            self.entries[vm.name] = Entry(vm.name, WAITING, memory_mib=vm.memory_mib)
+            self.queue.append(vm.name)
+        return bool(new)
 
     def _bytes_of(self, task_id: str) -> int:
         try:
