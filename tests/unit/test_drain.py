@@ -135,7 +135,7 @@ class Cluster:
     def moving(self, exclude: set[str]) -> Moving:
         return Moving(total=self.others_moving)
 
-    def wait(self, _seconds: float) -> None:
+    def wait(self, _seen: dict[str, int], _seconds: float) -> None:
         for child in self.children.values():
             child[2] -= 1
         if self.on_wait is not None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from corral import __version__
@@ -42,6 +43,7 @@ from corral.agent.http_guards import (
     IdentifyMembers,
     LimitBody,
 )
+from corral.agent.metrics import node_registry
 from corral.agent.node_agent import NodeAgent
 from corral.agent.routes_drain import maintenance_routes
 from corral.agent.routes_migrations import migration_routes, runtime_routes
@@ -186,6 +188,15 @@ def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
     def health() -> dict[str, Any]:
         """Liveness: the node's name, corral's version and whether it is a cluster member."""
         return {"node": agent.name, "version": __version__, "member": agent.pki.member}
+
+    metrics = node_registry(agent)
+
+    @app.get("/metrics", tags=["node"], dependencies=member, response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus text format: VMs and tasks by state, peers' heartbeat age, every
+        running migration's live numbers, finished migrations by outcome, histograms of
+        downtime and total time (docs/metrics.md)."""
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/facts", tags=["node"], dependencies=member)
     def facts() -> dict[str, Any]:

@@ -127,6 +127,8 @@ def drain_services(agent: NodeAgent, task_id: str) -> DrainServices:
         rehome=lambda vm, target: rehome(agent, vm, target),
         child=lambda child_id: child(agent, child_id),
         moving=lambda exclude: moving(agent, exclude),
+        version=agent.tasks.changes.version,
+        wait=agent.tasks.changes.wait_any,
     )
 
 
@@ -141,7 +143,10 @@ def current_drain(agent: NodeAgent) -> str | None:
 def begin(agent: NodeAgent, opts: DrainOptions, owner: str) -> dict[str, Any]:
     """Mark this node draining and queue its drain task.
 
-    :raise ConflictError: a drain of this node runs already (its task is named)."""
+    :raise ConflictError: a drain of this node runs already (its task is named), or this
+        node is in no cluster."""
+    if not agent.pki.member:
+        raise ConflictError(f"{agent.name} is in no cluster: there is nowhere to drain it to")
     running = current_drain(agent)
     if running is not None:
         raise ConflictError(

@@ -175,8 +175,9 @@ def status_command(root: RootOption = None, json_out: JsonOption = False) -> Non
 
 @lab_app.command("demo")
 def demo_command() -> None:
-    """Build a two-node lab, boot the test guest in node1, ping it from the client, read its
-    counter over TCP and from its console, and take everything down again."""
+    """Build a three-node lab, boot the test guest in node1, ping it and read its counter
+    over TCP from the client, live-migrate it to node2 and back, drain node1 (the VM goes
+    where corral places it), and take everything down again."""
     from corral.cli.lab_demo import run_demo
 
     require_root()

@@ -48,11 +48,11 @@ def run_demo(root: Path | None = None) -> DemoReport:
         t0 = time.monotonic()
         image = GuestImageBuilder(config.cache_dir()).build()
     report.add("guest image", f"{image.kernel_package}, ready in {time.monotonic() - t0:.1f} s")
-    cfg = LabConfig(nodes=2, prefix=DEMO_PREFIX, root=root)
+    cfg = LabConfig(nodes=3, prefix=DEMO_PREFIX, root=root)
     try:
         t0 = time.monotonic()
         plan = lab_up(cfg)
-        report.add("lab up", f"2 nodes + client in {time.monotonic() - t0:.2f} s")
+        report.add("lab up", f"3 nodes + client in {time.monotonic() - t0:.2f} s")
         _cluster_steps(plan, report)
         _guest_steps(plan, image, report)
     finally:
@@ -69,12 +69,13 @@ def run_demo(root: Path | None = None) -> DemoReport:
 
 
 def _cluster_steps(plan: LabPlan, report: DemoReport) -> None:
-    """An agent per node, node2 joined by token; node1 runs a deferred task on node2."""
+    """An agent per node, the others joined by token; node1 runs a deferred task on node2."""
     t0 = time.monotonic()
-    with console.status("starting an agent per node; node2 joins node1 with a token"):
+    with console.status("starting an agent per node; the others join node1 with a token"):
         form_cluster(plan)
     report.add(
-        "cluster formed", f"2 agents, mutual TLS, both online in {time.monotonic() - t0:.1f} s"
+        "cluster formed",
+        f"{len(plan.nodes)} agents, mutual TLS, all online in {time.monotonic() - t0:.1f} s",
     )
     with AgentClient(socket_path=agent_socket(plan.nodes[1])) as on_node2:
         nodes = on_node2.get("/nodes")
@@ -111,7 +112,7 @@ def _migrate(client: AgentClient, plan: LabPlan, vm: str, target: str) -> dict[s
 
 def _guest_steps(plan: LabPlan, image: GuestImage, report: DemoReport) -> None:
     """A VM on node1 through its agent, pinged and streamed from the client, migrated to
-    node2 and back with the progress bar, with what the client saw."""
+    node2 and back with the progress bar, with what the client saw; then node1 drained."""
     node1 = plan.node("node1")
     address = plan.guest_address(10)
     spec = {
@@ -169,5 +170,34 @@ def _guest_steps(plan: LabPlan, image: GuestImage, report: DemoReport) -> None:
             f"{'none lost' if stream.continuous else 'LINES LOST'}, longest silence at the"
             f" client {longest} (lines every 100 ms)",
         )
+        _drain_step(plan, report, stream)
         stream.close()
-        client.post("/vms/demo-vm/kill")
+
+
+def _drain_step(plan: LabPlan, report: DemoReport, stream: CounterClient) -> None:
+    """Maintenance of the node the VM runs on: drained with a progress bar, the VM placed
+    by corral on another node, the stream still alive; then undrained."""
+    with AgentClient(socket_path=agent_socket(plan.node("node1"))) as client:
+        console.print("[bold]corral node drain node1[/] (maintenance: its VMs go elsewhere)")
+        seen = len(stream.counters)
+        t0 = time.monotonic()
+        record = follow_task(client, client.post("/node/drain", {}))
+        wall = time.monotonic() - t0
+        result = record["result"]
+        moved = ", ".join(f"{vm} -> {target}" for vm, target in result["targets"].items())
+        report.add(
+            "drain node1",
+            f"{result['outcome']} in {wall:.2f} s: {moved}, {result['bytes'] / 2**20:.0f} MiB sent",
+        )
+        states = {n["name"]: n["draining"] for n in client.get("/nodes")}
+        wait_for(lambda: len(stream.counters) > seen + 5, timeout=30, what="the stream")
+        report.add(
+            "after the drain",
+            f"node1 draining={states['node1']} (no VM placed there);"
+            f" TCP counter stream {'alive' if not stream.closed else 'CLOSED'},"
+            f" {'none lost' if stream.continuous else 'LINES LOST'}",
+        )
+        client.post("/node/undrain")
+        owner = result["targets"]["demo-vm"]
+    with AgentClient(socket_path=agent_socket(plan.node(owner))) as on_owner:
+        on_owner.post("/vms/demo-vm/kill")

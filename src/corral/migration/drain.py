@@ -34,7 +34,10 @@ from corral.migration.preflight import PreflightReason
 from corral.tasks.runner import TaskCancelled, TaskContext, TaskSuspended
 from corral.tasks.states import TaskState
 
-POLL_S = 0.25  # how often the drain looks at its migrations
+POLL_S = 0.5  # the longest wait for a change of its migrations (it wakes at each change)
+# How often it places again when none of its migrations ended (others' may have: every
+# attempt asks each member for its migrations, and preflight of every queued VM).
+RETRY_S = 2.0
 MOVED, REHOMED, STAYED, MOVING, WAITING = "moved", "rehomed", "stayed", "moving", "waiting"
 FINAL = {MOVED, REHOMED, STAYED}
 
@@ -83,7 +86,9 @@ class DrainServices:
     rehome: Callable[[str, str], None]  # (stopped vm, target)
     child: Callable[[str], ChildState]
     moving: Callable[[set[str]], Moving]  # the cluster's migrations but these child tasks
-    wait: Callable[[float], None] = time.sleep
+    version: Callable[[str], int] = lambda _task: 0  # a child task's change number
+    # Until one of these child tasks is past its change number, or the timeout.
+    wait: Callable[[dict[str, int], float], None] = lambda _seen, seconds: time.sleep(seconds)
 
 
 @dataclass
@@ -133,6 +138,9 @@ class Drain:
         self.tried: dict[str, dict[str, str]] = {}  # vm -> {target: why its migration failed}
         self.started = time.monotonic()
         self.phase = "draining"
+        self.changed = True  # a migration ended or a VM arrived: place again now
+        self.published: dict[str, Any] = {}
+        self.tried_at = 0.0
 
     # -- the whole drain -------------------------------------------------------------------
 
@@ -145,15 +153,17 @@ class Drain:
             cancelling = self.ctx.cancel_requested
             if cancelling:
                 self.phase = "cancelling: waiting for the migrations in flight"
-            else:
+            elif self.changed or time.monotonic() - self.tried_at >= RETRY_S:
                 self._start_what_fits()
+                self.changed, self.tried_at = False, time.monotonic()
             self._publish()
             if not self._in_flight() and (cancelling or not self.queue):
                 if cancelling or not self._arrivals():
                     break
                 continue
-            self.services.wait(POLL_S)
-            self._collect()
+            seen = {e.task: self.services.version(e.task) for e in self._in_flight() if e.task}
+            if not self._collect():  # nothing ended: wait for the next change
+                self.services.wait(seen, POLL_S)
         return self._finish(cancelled=self.ctx.cancel_requested)
 
     def _resume(self) -> None:
@@ -203,6 +213,7 @@ class Drain:
             self.ctx.log(f"{vm.name} arrived during the drain: it is moved too")
             self.entries[vm.name] = Entry(vm.name, WAITING, memory_mib=vm.memory_mib)
             self.queue.append(vm.name)
+        self.changed = self.changed or bool(new)
         return bool(new)
 
     def _bytes_of(self, task_id: str) -> int:
@@ -284,14 +295,16 @@ class Drain:
             moving.add(pick.target, entry.memory_mib)
             self.ctx.log(f"{name}: migrating to {pick.target} (task {task})")
 
-    def _collect(self) -> None:
-        """Take in the migrations that ended."""
+    def _collect(self) -> bool:
+        """Take in the migrations that ended; True when one did."""
+        ended = False
         for entry in self._in_flight():
             assert entry.task is not None
             assert entry.target is not None
             child = self.services.child(entry.task)
             if not child.state.finished:
                 continue
+            self.changed = ended = True
             if child.state == TaskState.SUCCEEDED:
                 entry.state, entry.bytes = MOVED, moved_bytes(child.result)
                 self.ctx.log(f"{entry.vm}: moved to {entry.target}")
@@ -307,6 +320,7 @@ class Drain:
                 )
             else:
                 self.queue.append(entry.vm)  # placed again, without that node
+        return ended
 
     # -- the record ------------------------------------------------------------------------
 
@@ -321,18 +335,22 @@ class Drain:
         return "; ".join(f"[{r['code']}] {r['message']}" for r in entry.reasons)
 
     def _publish(self) -> None:
+        """The progress record, written when it changed."""
         entries = self.entries.values()
         done = sum(1 for e in entries if e.state in FINAL)
         moving = [e.vm for e in entries if e.state == MOVING]
-        self.ctx.progress(
-            phase=self.phase,
-            done=done,
-            total=len(self.entries),
-            unit="VMs",
-            bytes=sum(e.bytes for e in entries),
-            message=("moving " + ", ".join(moving)) if moving else "",
-            vms={e.vm: e.to_json() for e in self.entries.values()},
-        )
+        record = {
+            "phase": self.phase,
+            "done": done,
+            "total": len(self.entries),
+            "unit": "VMs",
+            "bytes": sum(e.bytes for e in entries),
+            "message": ("moving " + ", ".join(moving)) if moving else "",
+            "vms": {e.vm: e.to_json() for e in self.entries.values()},
+        }
+        if record != self.published:
+            self.ctx.progress(**record)
+            self.published = record
 
     def _finish(self, *, cancelled: bool) -> dict[str, Any]:
         for name in self.queue:

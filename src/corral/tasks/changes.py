@@ -53,6 +53,15 @@ class ChangeFeed:
             self._cond.wait_for(lambda: self.closed or self._versions.get(key, 0) != seen, timeout)
             return self._versions.get(key, 0)
 
+    def wait_any(self, seen: dict[str, int], timeout: float) -> None:
+        """Block until any key of `seen` is past its change number there (or `timeout`, or
+        close)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self.closed or any(self._versions.get(k, 0) != v for k, v in seen.items()),
+                timeout,
+            )
+
     async def wait_async(self, key: str, seen: int, timeout: float) -> int:
         """`wait` for a coroutine: it never blocks the event loop."""
         event = asyncio.Event()
