@@ -119,7 +119,7 @@ def drain(plan: LabPlan, parallel: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=2, help="rounds (each: baseline + drains)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds (each: baseline + drains)")
     args = parser.parse_args()
     img = image()
     result = Result(
