@@ -16,6 +16,9 @@ PACKAGES=(
   iperf3            # the benchmarks' link measurement
   kmod              # modprobe
   make
+  prometheus        # the metrics test scrapes an agent with a real Prometheus
+  chromium          # the dashboard's browser test (headless)
+  chromium-driver
 )
 
 missing=()
@@ -39,6 +42,13 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_update -eq 1 ]; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
+  # No service of these packages starts (Prometheus would listen on every address): the
+  # tests start what they need themselves, in their own namespaces.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "install-deps: all Debian packages present"
