@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vm": ("corral.cli.vm_commands", "vm_app"),
     "checkpoint": ("corral.cli.vm_commands", "checkpoint_app"),
     "lab": ("corral.cli.lab_commands", "lab_app"),
+    "dashboard": ("corral.cli.dashboard_command", "dashboard_command"),
 }
 
 
