@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from corral.cli.dashboard_command import parse_listen, read_password
 from corral.client import AgentClient
-from corral.dashboard.app import HERE, dashboard_app
+from corral.dashboard.app import HERE, Pages, dashboard_app, live_events
 from corral.dashboard.views import Chart, live_numbers, node_row, vm_row
 from corral.errors import UserInputError
 
@@ -122,3 +123,60 @@ def test_the_vendored_scripts_are_the_pinned_ones() -> None:
         assert name in (HERE / "templates" / "base.html").read_text()
     for licence in ("LICENSE.htmx", "LICENSE.htmx-ext-sse"):
         assert "Zero" in (HERE / "static" / licence).read_text()
+
+
+class Feed:
+    """A task's watch stream as the agent sends it (what `AgentClient.stream` yields)."""
+
+    def __init__(self, updates: list[dict[str, object]]) -> None:
+        self.updates = updates
+        self.closed = False
+
+    def stream(self, path: str, timeout: float) -> Iterator[dict[str, object]]:
+        yield from self.updates
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_migration_streams_as_rendered_panels_until_it_finishes(tmp_path: Path) -> None:
+    def update(state: str, remaining: int, action: str, result: object = None) -> dict[str, object]:
+        return {
+            "id": "t1",
+            "kind": "migration.send",
+            "state": state,
+            "error": None,
+            "result": result,
+            "progress": {
+                "phase": "transfer",
+                "done": 2**30 - remaining,
+                "total": 2**30,
+                "remaining": remaining,
+                "last_action": action,
+            },
+        }
+
+    feed = Feed(
+        [
+            update("running", 2**29, "downtime limit 300 -> 600 ms"),
+            update("running", 2**28, "auto-converge on"),
+            update(
+                "succeeded",
+                0,
+                "auto-converge on",
+                {"vm": "web", "target": "node2", "total_s": 1.5, "downtime_ms": 40},
+            ),
+        ]
+    )
+    panel = Pages(lambda node: AgentClient(socket_path=tmp_path / "x")).templates.get_template(
+        "live.html"
+    )
+    events = list(live_events(feed, "/tasks/t1/watch", panel, "node1"))  # type: ignore[arg-type]
+    assert [e.split("\n", 1)[0] for e in events] == ["event: progress"] * 3 + ["event: finished"]
+    assert "<polyline" in events[1]  # two points: a line
+    assert "downtime limit 300 -&gt; 600 ms" in events[1]  # escaped, listed as it happened
+    assert "auto-converge on" in events[1]
+    assert 'data-state="succeeded"' in events[2]
+    assert "web runs on node2 now" in events[2]
+    assert all(line.startswith("data: ") for e in events for line in e.splitlines()[1:] if line)
+    assert feed.closed

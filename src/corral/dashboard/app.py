@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import html
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -236,29 +237,9 @@ def _task_routes(app: FastAPI, pages: Pages) -> None:
         client = connect(_name(node, "node"))
         panel = pages.templates.get_template("live.html")
 
-        def events() -> Iterator[str]:
-            chart = Chart()
-            started = time.monotonic()
-            try:
-                for update in client.stream(path, timeout=86_400):
-                    p = update["progress"]
-                    if p.get("phase") in MOVING and (p.get("done") or p.get("remaining")):
-                        chart.add(time.monotonic() - started, p.get("remaining"))
-                    html = panel.render(task=update, live=_live(update, chart), node=node)
-                    yield (
-                        "event: progress\n"
-                        + "".join(f"data: {line}\n" for line in html.splitlines())
-                        + "\n"
-                    )
-                    if update["state"] in FINISHED:
-                        yield "event: finished\ndata: done\n\n"
-                        return
-            except CorralError as exc:
-                yield f"event: progress\ndata: <p class=error>{exc.message}</p>\n\n"
-            finally:
-                client.close()
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(
+            live_events(client, path, panel, node), media_type="text/event-stream"
+        )
 
     @app.post("/tasks/{node}/{task_id}/cancel", dependencies=token)
     def cancel(node: str, task_id: str) -> RedirectResponse:
@@ -267,10 +248,47 @@ def _task_routes(app: FastAPI, pages: Pages) -> None:
         return RedirectResponse(f"/tasks/{node}/{task_id}", status_code=303)
 
 
-def _live(task: dict[str, Any], chart: Chart) -> dict[str, Any]:
+def live_events(client: AgentClient, path: str, panel: Any, node: str) -> Iterator[str]:
+    """Server-sent events of a task's live panel, one per change of the task (rendered
+    here), until it finishes; the remaining bytes charted and the policy's actions listed
+    as they come."""
+    chart = Chart()
+    actions: list[str] = []  # the policy's actions, as they happen
+    started = time.monotonic()
+    try:
+        for update in client.stream(path, timeout=86_400):
+            p = update["progress"]
+            if p.get("phase") in MOVING and (p.get("done") or p.get("remaining")):
+                chart.add(time.monotonic() - started, p.get("remaining"))
+            action = p.get("last_action")
+            if action and (not actions or actions[-1] != action):
+                actions.append(str(action))
+            live = _live(update, chart, actions)
+            text = panel.render(task=update, live=live, node=node)
+            yield (
+                "event: progress\n"
+                + "".join(f"data: {line}\n" for line in text.splitlines())
+                + "\n"
+            )
+            if update["state"] in FINISHED:
+                yield "event: finished\ndata: done\n\n"
+                return
+    except CorralError as exc:
+        yield f"event: progress\ndata: <p class=error>{html.escape(exc.message)}</p>\n\n"
+    finally:
+        client.close()
+
+
+def _live(task: dict[str, Any], chart: Chart, actions: list[str] | None = None) -> dict[str, Any]:
     progress = task.get("progress") or {}
     migration = task["kind"] == "migration.send"
+    if actions is None:  # a page, not the stream: what the task's record says
+        last = progress.get("last_action")
+        actions = (
+            [str(last)] if last else list((task.get("result") or {}).get("policy_actions") or [])
+        )
     return {
+        "actions": actions,
         "migration": migration,
         "rows": live_numbers(progress) if migration else [],
         "chart": chart.svg() if migration else "",
