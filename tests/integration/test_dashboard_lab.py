@@ -183,3 +183,79 @@ def test_a_migration_started_and_followed_in_a_browser(
     assert owner == "node2"
     assert corral_json(node1, "vm", "show", "web")["owner"] == "node2"
     corral_ok(lab.nodes[1], "vm", "kill", "web")
+
+
+FETCH = """
+import base64, ssl, sys, urllib.error, urllib.request
+url, ca, password = sys.argv[1:4]
+request = urllib.request.Request(url)
+if password:
+    token = base64.b64encode(("admin:" + password).encode()).decode()
+    request.add_header("authorization", "Basic " + token)
+context = ssl.create_default_context(cafile=ca)
+try:
+    answer = urllib.request.urlopen(request, context=context, timeout=10)
+    print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
+def test_off_loopback_the_dashboard_needs_its_password_and_serves_https(
+    lab: LabPlan, tmp_path: Path
+) -> None:
+    """`corral dashboard --listen ADDRESS` in node1's namespace, asked from node2's: HTTPS
+    with node1's certificate (checked against the cluster CA), 401 without the password."""
+    import subprocess
+    import sys
+
+    from corral.lab import netns
+
+    node1, node2 = lab.nodes
+    pki = node1.local_dir / "state" / "pki"
+    address = f"{node1.migration_address.ip}:8710"
+    refused = subprocess.run(
+        [sys.executable, "-m", "corral", "dashboard", "--listen", address],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "needs a password" in refused.stderr
+    password = tmp_path / "pw"
+    password.write_text("s3cret\n")
+    argv = [sys.executable, "-m", "corral", "dashboard", "--listen", address]
+    argv += ["--password-file", str(password), "--pki", str(pki)]
+    env = dict(os.environ, CORRAL_SOCKET=str(agent_socket(node1)))
+    server = subprocess.Popen(netns.in_netns(node1.netns, argv), env=env)
+    try:
+
+        def fetch(secret: str) -> str | None:
+            out = subprocess.run(
+                netns.in_netns(
+                    node2.netns,
+                    [
+                        sys.executable,
+                        "-c",
+                        FETCH,
+                        f"https://{address}/",
+                        str(pki / "ca.pem"),
+                        secret,
+                    ],
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return out.stdout if out.returncode == 0 and out.stdout else None
+
+        assert wait_for(lambda: fetch(""), timeout=30, what="the dashboard over HTTPS").startswith(
+            "401"
+        )
+        page = fetch("s3cret")
+        assert page is not None
+        assert page.startswith("200")
+        assert 'data-node="node2"' in page
+    finally:
+        server.terminate()
+        server.wait(10)
