@@ -16,8 +16,9 @@ from corral.migration.disk_placement import shared_roles
 from corral.migration.drain import ChildState, DrainOptions, DrainServices, OwnedVm
 from corral.migration.drain_plan import Moving
 from corral.migration.options import MigrationOptions
-from corral.migration.placement import AUTO, Candidate
+from corral.migration.placement import Candidate
 from corral.migration.source_checks import candidates
+from corral.model import AUTO
 from corral.tasks.states import TaskState
 from corral.vms.rehome import hand_over
 

@@ -34,8 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from corral.errors import UserInputError
-from corral.migration.placement import AUTO
-from corral.model import NAME_PATTERN
+from corral.model import AUTO, NAME_PATTERN
 from corral.vms.directories import NodeDirectories
 
 DEFAULT_CONFIG = Path("/etc/corral/agent.toml")

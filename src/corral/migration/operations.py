@@ -19,7 +19,7 @@ from corral.migration.estimate import PastMigration, disk_estimate, estimate
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.orchestrator import hold_reason
-from corral.migration.placement import AUTO, no_target_reasons
+from corral.migration.placement import no_target_reasons
 from corral.migration.recovery import recover_migration
 from corral.migration.services import MigrationServices
 from corral.migration.source_checks import (
@@ -28,7 +28,7 @@ from corral.migration.source_checks import (
     check,
     place,
 )
-from corral.model import VmSpec
+from corral.model import AUTO, VmSpec
 
 UNREACHABLE = ("target-unknown", "target-offline", "same-node")
 

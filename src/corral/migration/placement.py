@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.migration.preflight import MEMORY_OVERHEAD_MIB, PreflightReason
-
-AUTO = "auto"
+from corral.model import AUTO
 
 
 @dataclass(frozen=True)

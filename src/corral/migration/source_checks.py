@@ -14,9 +14,10 @@ from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.hypervisors.disk_copy_contract import DiskUsage
 from corral.migration.disk_placement import local_indexes
 from corral.migration.options import MigrationOptions
-from corral.migration.placement import AUTO, Candidate, candidate, no_target_reasons, rank
+from corral.migration.placement import Candidate, candidate, no_target_reasons, rank
 from corral.migration.preflight import NodeView, PreflightInput, PreflightReason, preflight
 from corral.migration.services import MigrationServices
+from corral.model import AUTO
 
 
 class PreflightFailed(ConflictError):
