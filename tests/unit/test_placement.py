@@ -126,3 +126,26 @@ def test_a_new_vm_goes_where_it_fits_with_its_bridges_and_machine_type() -> None
         "old": ["machine-type"],
         "full": ["memory"],
     }
+
+
+def test_a_start_judged_a_moment_ago_asks_the_target_once(tmp_path: Path) -> None:
+    """A drain picks its target by the same preflight; its start does not ask again."""
+    rig = placing(tmp_path, {"big": 4096})
+    asked: list[str] = []
+    view = rig.services.target_view
+
+    def counted(name: str) -> NodeView | None:
+        asked.append(name)
+        return view(name)
+
+    rig.services = replace(rig.services, target_view=counted)
+    desk = desk_of(rig, {})
+    desk.start(MigrationOptions(vm="vm1", target="big"), "cli@src")
+    assert asked == ["big"]  # the ordinary start: its preflight
+    asked.clear()
+    rig.services.vms.release_hold("vm1", rig.services.journal.recent(1)[0].id)
+    judged = desk_of(rig, {}).start(
+        MigrationOptions(vm="vm1", target="big"), "drain", parent="t1", judged=True
+    )
+    assert asked == []
+    assert judged["task"]["args"]["parent"] == "t1"

@@ -64,7 +64,8 @@ def start(agent: NodeAgent, parent: str, vm: str, target: str, opts: DrainOption
         with_local_disks=opts.with_local_disks,
     )
     owner = agent.tasks.get(parent).owner
-    started = migration_desk.desk(agent).start(asked, owner, parent=parent)
+    # The drain's placement ran this preflight for this target just now.
+    started = migration_desk.desk(agent).start(asked, owner, parent=parent, judged=True)
     return str(started["task"]["id"])
 
 

@@ -51,21 +51,28 @@ class MigrationDesk:
     history: Callable[[str, bool], list[PastMigration]] = lambda _target, _tls: []
 
     def start(
-        self, opts: MigrationOptions, owner: str, parent: str | None = None
+        self,
+        opts: MigrationOptions,
+        owner: str,
+        parent: str | None = None,
+        *,
+        judged: bool = False,
     ) -> dict[str, Any]:
         """Preflight, refusing with every reason; then the migration task, with the VM held
         from now on (a second migration or any other operation is refused until the task
         ends, queued or running). Preflight runs here only: the task trusts it (the target
         checks its storage and the name again).
 
-        `parent`: the task this migration is a child of (a drain).
+        `parent`: the task this migration is a child of (a drain). `judged`: the caller
+        ran this very preflight a moment ago (a drain's placement judged every member with
+        these options and picked this target): it is not run a second time.
 
         :raise ConflictError: the VM is held (migrating already).
         :raise PreflightFailed: every reason it cannot move now."""
         vms = self.services.vms
         vms.refuse_if_held(opts.vm)
         opts = place(self.services, opts)  # `auto`: the best member that passes
-        reasons = check(self.services, opts)
+        reasons = [] if judged else check(self.services, opts)
         if reasons:
             raise PreflightFailed(reasons)
         record = self.services.journal.begin(opts.vm, self.services.node, opts.target)
