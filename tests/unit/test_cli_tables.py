@@ -88,3 +88,34 @@ def test_vm_list_fits_80_columns_and_says_unknown() -> None:
     wide = render(vm_table(vms, wide=True), width=240)
     for expected in ("4242", "1x4x1", "Westmere", "br0"):
         assert expected in wide
+
+
+def test_the_drain_table_says_what_became_of_each_vm_and_why_one_stayed() -> None:
+    from corral.cli.drain_commands import drain_table
+
+    progress = {
+        "vms": {
+            "web1": {"state": "moved", "target": "node2", "reasons": []},
+            "off": {"state": "rehomed", "target": "node3", "reasons": []},
+            "db": {
+                "state": "stayed",
+                "target": None,
+                "reasons": [
+                    {"code": "local-disks", "message": "disk 0 is local", "node": "node1"},
+                    {
+                        "code": "target-draining",
+                        "message": "node3 is being drained",
+                        "node": "node3",
+                    },
+                ],
+            },
+        }
+    }
+    text = render(drain_table(progress))
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ ")}
+    assert "moved" in rows["web1"]
+    assert "node2" in rows["web1"]
+    assert "rehomed" in rows["off"]
+    assert "stayed" in rows["db"]
+    assert "[local-disks]" in rows["db"]  # the code in brackets, not taken as markup
+    assert "node3 is being drained" in text  # wrapped, never cut at 80 columns

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.connection import JsonOption, agent_client
@@ -28,7 +29,7 @@ def drain_table(progress: dict[str, Any]) -> Table:
     table.add_column("reasons")
     for name, entry in sorted(progress.get("vms", {}).items()):
         why = "; ".join(f"[{r['code']}] {r['message']}" for r in entry.get("reasons", []))
-        table.add_row(name, entry["state"], entry.get("target") or "-", why or "-")
+        table.add_row(escape(name), entry["state"], entry.get("target") or "-", escape(why) or "-")
     return table
 
 
