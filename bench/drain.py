@@ -170,7 +170,7 @@ def main() -> None:
     verdict = "meets" if two <= TARGET else "misses"
     result.notes += [
         f"Link: iperf3 from the drained node, {link_mbps:.0f} Mbit/s (one sample, same lab).",
-        f"--parallel 2: drain / singles = {two:.2f} (median), which {verdict} the target"
+        f"--parallel 2: drain / singles = {two:.3f} (median), which {verdict} the target"
         f" of <= {TARGET} on this machine.",
         "--parallel 4 is bounded by --per-node 1 with 2 targets: at most 2 migrations in"
         " flight (the peak column shows it).",
