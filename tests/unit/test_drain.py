@@ -104,7 +104,8 @@ class Cluster:
         return [OwnedVm(n, s, 256) for n, s in self.vms.items()]
 
     def ranking(self, vm: str, _opts: DrainOptions) -> list[Candidate]:
-        self.ranked_for.append(vm)
+        flying = sum(1 for c in self.children.values() if c[2] > 0)
+        self.ranked_for.append(f"{vm}@{flying}")  # with how many migrations in flight
         return [
             Candidate(
                 node,
@@ -284,3 +285,12 @@ def test_a_stopping_agent_suspends_the_drain_and_the_next_run_resumes(store: Tas
     result = run_drain(cluster.services(), again)
     assert result["moved"] == ["vm1", "vm2", "vm3"]
     assert len(cluster.children) == 3  # vm1 was not moved twice
+
+
+def test_the_next_vm_is_placed_ahead_while_the_slots_are_busy(store: TaskStore) -> None:
+    cluster = Cluster({"vm1": "running", "vm2": "running", "vm3": "running"}, steps=3)
+    _, result = drain(store, cluster, parallel=1)
+    assert result["moved"] == ["vm1", "vm2", "vm3"]
+    # vm2 and vm3 were each judged once, while the one before them was migrating; their
+    # migrations started on that judgement.
+    assert cluster.ranked_for == ["vm1@0", "vm2@1", "vm3@1"]

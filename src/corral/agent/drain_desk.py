@@ -64,7 +64,9 @@ def start(agent: NodeAgent, parent: str, vm: str, target: str, opts: DrainOption
         with_local_disks=opts.with_local_disks,
     )
     owner = agent.tasks.get(parent).owner
-    # The drain's placement ran this preflight for this target just now.
+    # The drain's placement ran this preflight for this target a moment ago (at most
+    # drain.AHEAD_S: placed ahead while the slots were busy); the target's receive task
+    # checks again what it must (name, storage identities, maintenance).
     started = migration_desk.desk(agent).start(asked, owner, parent=parent, judged=True)
     return str(started["task"]["id"])
 

@@ -38,6 +38,7 @@ POLL_S = 0.5  # the longest wait for a change of its migrations (it wakes at eac
 # How often it places again when none of its migrations ended (others' may have: every
 # attempt asks each member for its migrations, and preflight of every queued VM).
 RETRY_S = 2.0
+AHEAD_S = 5.0  # a placement made ahead (while every slot is busy) serves this long
 MOVED, REHOMED, STAYED, MOVING, WAITING = "moved", "rehomed", "stayed", "moving", "waiting"
 FINAL = {MOVED, REHOMED, STAYED}
 
@@ -139,6 +140,7 @@ class Drain:
         self.started = time.monotonic()
         self.phase = "draining"
         self.changed = True  # a migration ended or a VM arrived: place again now
+        self.ahead: dict[str, tuple[float, list[Candidate]]] = {}  # vm -> (when, ranking)
         self.published: dict[str, Any] = {}
         self.tried_at = 0.0
 
@@ -157,6 +159,8 @@ class Drain:
                 self._start_what_fits()
                 self.changed, self.tried_at = False, time.monotonic()
             self._publish()
+            if not cancelling:
+                self._rank_ahead()
             if not self._in_flight() and (cancelling or not self.queue):
                 if cancelling or not self._arrivals():
                     break
@@ -275,8 +279,7 @@ class Drain:
                 return
             entry = self.entries[name]
             tried = self.tried.get(name, {})
-            ranked = self.services.ranking(name, self.opts)
-            pick = pick_target(name, ranked, moving, limits, tried)
+            pick = pick_target(name, self._ranked(name), moving, limits, tried)
             if pick.wait:
                 continue
             self.queue.remove(name)
@@ -294,6 +297,24 @@ class Drain:
             entry.state, entry.target, entry.task = MOVING, pick.target, task
             moving.add(pick.target, entry.memory_mib)
             self.ctx.log(f"{name}: migrating to {pick.target} (task {task})")
+
+    def _ranked(self, name: str) -> list[Candidate]:
+        """Every other member judged for `name`: the ranking made ahead if it is fresh."""
+        ahead = self.ahead.pop(name, None)
+        if ahead is not None and time.monotonic() - ahead[0] < AHEAD_S:
+            return ahead[1]
+        return self.services.ranking(name, self.opts)
+
+    def _rank_ahead(self) -> None:
+        """While migrations run, judge the next VM's targets, so that when one ends its
+        successor starts without waiting for a preflight of every member (the counting of
+        what moves, and the limits, are applied then, on the numbers of that moment)."""
+        if not self.queue or not self._in_flight():
+            return
+        name = self.queue[0]
+        made = self.ahead.get(name)
+        if made is None or time.monotonic() - made[0] >= AHEAD_S:
+            self.ahead[name] = (time.monotonic(), self.services.ranking(name, self.opts))
 
     def _collect(self) -> bool:
         """Take in the migrations that ended; True when one did."""
