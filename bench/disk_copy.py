@@ -21,7 +21,6 @@ import json
 import shutil
 import statistics
 import subprocess
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +40,12 @@ from bench.harness import (
     migrate,
     wait_booted,
 )
-from bench.libvirt import Libvirtd, libvirt_daemons, virsh
+from bench.libvirt import Libvirtd, domain_xml, libvirt_daemons, virsh
 from bench.throughput import iperf
 from corral.commands import run as run_command
 from corral.lab import netns
 from corral.lab.image import GuestImage, guest_cmdline
 from corral.lab.plan import LabNode, LabPlan
-from corral.model import generate_mac
 from corral.waiting import wait_for
 
 DISK_MIB = 1024
@@ -72,38 +70,6 @@ def tx_bytes(node: LabNode) -> int:
     return int(out.stdout)
 
 
-def domain_xml(img: GuestImage, name: str, ip: str, disk: Path, write_mib: int) -> str:
-    cmdline = guest_cmdline(ip=f"{ip}/24", disk_write_mib=write_mib)
-    return textwrap.dedent(f"""\
-        <domain type='qemu'>
-          <name>{name}</name>
-          <memory unit='MiB'>256</memory>
-          <vcpu>1</vcpu>
-          <os>
-            <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
-            <kernel>{img.kernel}</kernel>
-            <initrd>{img.initrd}</initrd>
-            <cmdline>{cmdline}</cmdline>
-          </os>
-          <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>
-          <devices>
-            <emulator>/usr/bin/qemu-system-x86_64</emulator>
-            <disk type='file' device='disk'>
-              <driver name='qemu' type='qcow2' cache='none'/>
-              <source file='{disk}'/>
-              <target dev='vda' bus='virtio'/>
-            </disk>
-            <interface type='bridge'>
-              <source bridge='br0'/>
-              <mac address='{generate_mac()}'/>
-              <model type='virtio'/>
-            </interface>
-            <serial type='pty'/>
-          </devices>
-        </domain>
-        """)
-
-
 @dataclass
 class LibvirtGuest:
     """One libvirt domain whose disk lives in the directory of the node that runs it."""
@@ -122,7 +88,7 @@ class LibvirtGuest:
         run_command(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{DISK_MIB}M"])
         fill(disk)
         xml = disk.with_suffix(".xml")
-        xml.write_text(domain_xml(img, self.name, ip, disk, write_mib))
+        xml.write_text(domain_xml(img, self.name, ip, 256, disk=disk, disk_write_mib=write_mib))
         virsh(self.daemons[0], "create", str(xml))
 
     def migrate(self) -> float:

@@ -128,8 +128,28 @@ def virsh(daemon: Libvirtd, *args: str, check: bool = True) -> subprocess.Comple
     return out
 
 
-def domain_xml(img: GuestImage, name: str, ip: str, memory_mib: int) -> str:
-    cmdline = guest_cmdline(ip=f"{ip}/24")
+def domain_xml(
+    img: GuestImage,
+    name: str,
+    ip: str,
+    memory_mib: int,
+    *,
+    disk: Path | None = None,
+    disk_write_mib: int = 0,
+) -> str:
+    """The test guest as a libvirt domain: the same machine, CPU model and NIC as corral's;
+    with `disk`, a qcow2 disk the guest writes `disk_write_mib` MiB/s to."""
+    cmdline = guest_cmdline(ip=f"{ip}/24", disk_write_mib=disk_write_mib)
+    disk_xml = (
+        ""
+        if disk is None
+        else f"""
+            <disk type='file' device='disk'>
+              <driver name='qemu' type='qcow2' cache='none'/>
+              <source file='{disk}'/>
+              <target dev='vda' bus='virtio'/>
+            </disk>"""
+    )
     return textwrap.dedent(f"""\
         <domain type='qemu'>
           <name>{name}</name>
@@ -143,7 +163,7 @@ def domain_xml(img: GuestImage, name: str, ip: str, memory_mib: int) -> str:
           </os>
           <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>
           <devices>
-            <emulator>/usr/bin/qemu-system-x86_64</emulator>
+            <emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}
             <interface type='bridge'>
               <source bridge='br0'/>
               <mac address='{generate_mac()}'/>
