@@ -169,3 +169,59 @@ def test_a_drain_resumes_after_its_agent_restarts(lab: LabPlan) -> None:
         if t["kind"] == "migration.send" and t["args"].get("parent") == task_id
     ]
     assert len(children) >= 2  # its migrations are its children
+
+
+def test_undrain_cancels_a_drain_and_starts_nothing_new(lab: LabPlan) -> None:
+    node1, node2, node3 = lab.nodes
+    for node in (node2, node3):  # both in maintenance since the tests above
+        corral_ok(node1, "node", "undrain", node.name)
+    out = corral(
+        node1,
+        "node",
+        "drain",
+        "node1",
+        "--parallel",
+        "1",
+        "--bandwidth",
+        "24",
+        "--no-wait",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    task_id = json.loads(out.stdout)["id"]
+
+    def first_migration() -> dict[str, Any] | None:
+        with agents.client(node1) as client:
+            running = client.get("/tasks", state="running")
+        sends = [t for t in running if t["kind"] == "migration.send"]
+        return sends[0] if sends else None
+
+    child = wait_for(first_migration, timeout=120, what="the drain's first migration")
+    answer = corral_json(node1, "node", "undrain", "node1")
+    assert answer["cancelled_drain"] == task_id
+    assert answer["draining"] is False
+
+    def ended() -> dict[str, Any] | None:
+        with agents.client(node1) as client:
+            task: dict[str, Any] = client.get(f"/tasks/{task_id}")
+        return task if task["state"] not in ("queued", "running") else None
+
+    task = wait_for(ended, timeout=300, what="the drain to end")
+    assert task["state"] == "cancelled"
+    vms = task["progress"]["vms"]
+    moving = child["args"]["options"]["vm"]
+    other = ({"d1", "d2"} - {moving}).pop()
+    assert vms[moving]["state"] in ("moved", "stayed")  # it finished, or rolled back
+    assert vms[other]["state"] == "stayed"  # never started
+    assert vms[other]["reasons"][0]["code"] == "cancelled"
+    assert owner(node2, other) == "node1"
+    assert corral_json(node1, "vm", "show", other)["observed"] == "running"
+    sends = [
+        t
+        for t in corral_json(node1, "task", "list")
+        if t["kind"] == "migration.send" and t["args"].get("parent") == task_id
+    ]
+    assert len(sends) == 1  # nothing new started after the cancel
+    wait_for(
+        lambda: node_states(node2)["node1"] is False, timeout=30, what="node2 to see node1 back"
+    )
