@@ -179,10 +179,23 @@ def test_a_migration_started_and_followed_in_a_browser(
     assert len(seen) >= 2, seen  # the panel changed while the page stayed
     assert "runs on node2 now" in seen[-1]
     browser.get(dashboard + "/")
-    owner = browser.find_element(By.CSS_SELECTOR, 'tr[data-vm="web"] td.owner').text
-    assert owner == "node2"
+
+    def owner() -> str:
+        return str(
+            browser.execute_script(
+                "const e = document.querySelector('tr[data-vm=\"web\"] td.owner');"
+                " return e ? e.innerText : ''"
+            )
+        )
+
+    assert owner() == "node2"
     assert corral_json(node1, "vm", "show", "web")["owner"] == "node2"
-    corral_ok(lab.nodes[1], "vm", "kill", "web")
+    # The cluster page follows the cluster: a move made elsewhere shows without a reload.
+    browser.execute_script("window.corralMarker = 'cluster page'")
+    corral_ok(lab.nodes[1], "migrate", "web", "node1")
+    wait_for(lambda: owner() == "node1", timeout=30, what="the page to show web on node1")
+    assert browser.execute_script("return window.corralMarker") == "cluster page"
+    corral_ok(node1, "vm", "kill", "web")
 
 
 FETCH = """
