@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from corral.commands import run
+from corral.errors import WaitTimeout
 from corral.lab import agents, netns
 from corral.lab.image import GuestImage, guest_cmdline
 from corral.lab.plan import LabNode, LabPlan
@@ -436,7 +437,14 @@ def test_mixed_disks_copy_the_local_one_and_leave_the_shared_one(
     assert Path(after[1]["path"]).parent.name == "mixed"  # node2's data directory
     assert Path(after[1]["path"]).exists()
     assert not local.exists()  # node1's own copy went after the success
-    wait_for(lambda: len(passes(node2)) >= 2, timeout=180, what="two passes on node2")
+    try:
+        wait_for(lambda: len(passes(node2)) >= 2, timeout=180, what="two passes on node2")
+    except WaitTimeout:  # seen once in a full run (2026-12-03): say what the guest was doing
+        shown = corral_json(node2, "vm", "show", "mixed")
+        tail = console_lines(node2, "mixed")[-15:]
+        raise AssertionError(
+            f"no two passes on node2: observed {shown['observed']}, console tail {tail}"
+        ) from None
     assert not [ln for ln in passes(node2) if ln.startswith("PATERR")]
     assert not [ln for ln in console_lines(node2, "mixed") if ln.startswith("DISKERR")]
     corral_ok(node2, "vm", "kill", "mixed")
