@@ -294,3 +294,37 @@ def test_the_next_vm_is_placed_ahead_while_the_slots_are_busy(store: TaskStore) 
     # vm2 and vm3 were each judged once, while the one before them was migrating; their
     # migrations started on that judgement.
     assert cluster.ranked_for == ["vm1@0", "vm2@1", "vm3@1"]
+
+
+def test_a_vm_found_mid_move_after_a_restart_is_recovered_then_judged(store: TaskStore) -> None:
+    """The agent died while vm1 migrated; QEMU finished the move alone: the source's copy is
+    `migrated`. The resumed drain recovers it (both nodes asked) instead of leaving it."""
+    cluster = Cluster({"vm1": "migrated", "vm2": "running"})
+    recovered: list[str] = []
+
+    def recover(vm: str) -> None:
+        recovered.append(vm)
+        cluster.vms.pop(vm)  # the target runs it: the source's record goes
+
+    task = store.create("node.drain", {"options": {}}, "cli@src")
+    store.transition(task.id, TaskState.RUNNING)
+    store.set_progress(
+        task.id,
+        {
+            "vms": {
+                "vm1": {
+                    "state": "moving",
+                    "target": "a",
+                    "task": None,
+                    "bytes": 0,
+                    "memory_mib": 256,
+                    "reasons": [],
+                }
+            }
+        },
+    )
+    services = cluster.services()
+    services.recover = recover
+    result = run_drain(services, TaskContext(store, store.get(task.id)))
+    assert recovered == ["vm1"]
+    assert result["moved"] == ["vm1", "vm2"]

@@ -82,6 +82,12 @@ def rehome(agent: NodeAgent, vm: str, target: str) -> None:
         hand_over(agent.vms, vm, target, config_shared="config" in shared)
 
 
+def recover(agent: NodeAgent, vm: str) -> None:
+    """`corral migrate --recover VM` here: both nodes asked, the records repaired."""
+    outcome = migration_desk.desk(agent).recover(vm)
+    log.info("drain: recovered %s: %s", vm, outcome.get("outcome"))
+
+
 def child(agent: NodeAgent, task_id: str) -> ChildState:
     task = agent.tasks.get(task_id)
     return ChildState(task.state, task.result, task.error)
@@ -131,6 +137,7 @@ def drain_services(agent: NodeAgent, task_id: str) -> DrainServices:
         rehome=lambda vm, target: rehome(agent, vm, target),
         child=lambda child_id: child(agent, child_id),
         moving=lambda exclude: moving(agent, exclude),
+        recover=lambda vm: recover(agent, vm),
         version=agent.tasks.changes.version,
         wait=agent.tasks.changes.wait_any,
     )

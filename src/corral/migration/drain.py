@@ -38,6 +38,8 @@ POLL_S = 0.5  # the longest wait for a change of its migrations (it wakes at eac
 # How often it places again when none of its migrations ended (others' may have: every
 # attempt asks each member for its migrations, and preflight of every queued VM).
 RETRY_S = 2.0
+SETTLE_S = 60.0  # how long a VM found mid-move after a restart is given to settle
+SETTLE_POLL_S = 2.0
 AHEAD_S = 5.0  # a placement made ahead (while every slot is busy) serves this long
 MOVED, REHOMED, STAYED, MOVING, WAITING = "moved", "rehomed", "stayed", "moving", "waiting"
 FINAL = {MOVED, REHOMED, STAYED}
@@ -87,6 +89,9 @@ class DrainServices:
     rehome: Callable[[str, str], None]  # (stopped vm, target)
     child: Callable[[str], ChildState]
     moving: Callable[[set[str]], Moving]  # the cluster's migrations but these child tasks
+    # Ask both nodes of a VM's last migration where it runs and repair the records
+    # (`corral migrate --recover`): for a VM found mid-move after a restart.
+    recover: Callable[[str], None] = lambda _vm: None
     version: Callable[[str], int] = lambda _task: 0  # a child task's change number
     # Until one of these child tasks is past its change number, or the timeout.
     wait: Callable[[dict[str, int], float], None] = lambda _seen, seconds: time.sleep(seconds)
@@ -172,8 +177,11 @@ class Drain:
 
     def _resume(self) -> None:
         """Entries from the last run's progress, and every VM this node owns now."""
-        owned = {vm.name: vm for vm in self.services.owned()}
         before = self.ctx.task.progress.get("vms", {})
+        owned = self._settled(
+            {vm.name: vm for vm in self.services.owned()},
+            {name for name, old in before.items() if old.get("state") == MOVING},
+        )
         for name, old in before.items():
             entry = Entry(name, **{**old, "reasons": tuple(old.get("reasons", ()))})
             if entry.state in (MOVED, REHOMED):
@@ -203,6 +211,29 @@ class Drain:
                 )
             self.entries[vm.name] = entry
         self._publish()
+
+    def _settled(self, owned: dict[str, OwnedVm], moving: set[str]) -> dict[str, OwnedVm]:
+        """`owned`, with each VM the last run was moving and that is neither running nor
+        stopped now (its migration went on in the hypervisor while the agent was down: the
+        source's copy is `migrated`) recovered first, then asked again."""
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            unsettled = [
+                name
+                for name in moving
+                if name in owned and owned[name].observed not in ("running", "stopped")
+            ]
+            if not unsettled or time.monotonic() >= deadline:
+                return owned
+            for name in unsettled:
+                self.ctx.log(f"{name} is {owned[name].observed} after the restart: recovering it")
+                try:
+                    self.services.recover(name)
+                except CorralError as exc:
+                    self.ctx.log(f"the recovery of {name} failed: {exc}")
+            owned = {vm.name: vm for vm in self.services.owned()}
+            if any(n in owned and owned[n].observed not in ("running", "stopped") for n in moving):
+                self.services.wait({}, SETTLE_POLL_S)
 
     def _arrivals(self) -> bool:
         """Queue the running VMs that arrived here during the drain (a migration accepted
