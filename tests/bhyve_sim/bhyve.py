@@ -15,6 +15,7 @@ Exit status as bhyve(8) documents it: 0 rebooted, 1 powered off, 2 halted, 3 tri
 from __future__ import annotations
 
 import contextlib
+import errno
 import getopt
 import json
 import os
@@ -22,11 +23,13 @@ import re
 import signal
 import socket
 import sys
+import termios
 import threading
+import tty
 from pathlib import Path
 from typing import Any
 
-from tests.bhyve_sim import wire
+from tests.bhyve_sim import nmdm, wire
 from tests.bhyve_sim.guest import Guest
 from tests.bhyve_sim.host import SimHost
 
@@ -66,34 +69,71 @@ USAGE = (
 
 
 class Refused(Exception):
-    def __init__(self, message: str, status: int = 4) -> None:
+    """bhyve refuses and exits with `status` (bhyverun.c: errx(EX_USAGE) for a bad option
+    value, exit(4) for what fails while the VM is set up). `bare`: the message is printed
+    as it is (perror and fprintf), not after `bhyve: ` (errx)."""
+
+    def __init__(self, message: str, status: int = 4, *, bare: bool = False) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.bare = status, bare
+
+
+EX_USAGE = 64  # sysexits.h
+MB = 1 << 20
+EINVAL = 22
 
 
 def size_of(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([KkMmGgTt]?)", text)
+    """vm_parse_memsize (lib/libvmmapi/vmmapi.c): a bare number below one megabyte counts in
+    megabytes, a larger one in bytes; else expand_number(3) (K, M, G, T, P, E suffixes)."""
+    if text.isdigit():
+        value = int(text)
+        return value * MB if value < MB else value
+    match = re.fullmatch(r"(\d+)([KkMmGgTtPpEe])[Bb]?", text)
     if not match:
-        raise Refused(f"Invalid memsize '{text}'", 1)
-    unit = match.group(2).upper()
-    shift = {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}  # no suffix: mebibytes
-    return int(match.group(1)) << shift[unit]
+        raise Refused(f"invalid memsize '{text}'", EX_USAGE)
+    return int(match.group(1)) << (10 * ("KMGTPE".index(match.group(2).upper()) + 1))
 
 
 def topology(text: str) -> dict[str, int]:
-    parts: dict[str, int] = {}
-    for item in text.split(","):
-        key, _, value = item.partition("=")
-        if not value:
+    """topology_parse then calc_topolopgy (usr.sbin/bhyve/bhyverun.c): `cpus=` or a bare
+    number, `sockets=`, `cores=`, `threads=`; sockets default to the vCPU count. A token of
+    another key is a usage error; a product that is not the vCPU count fails with exit 4."""
+    parts: dict[str, str] = {}
+    for item in text.split(",") if text else []:
+        key, eq, value = item.partition("=")
+        if not eq:
             key, value = "cpus", key
-        if key not in ("cpus", "sockets", "cores", "threads") or not value.isdigit():
-            raise Refused(f"invalid cpu topology '{text}'", 1)
-        parts[key] = int(value)
-    s, c, t = parts.get("sockets", 1), parts.get("cores", 1), parts.get("threads", 1)
-    cpus = parts.get("cpus", s * c * t)
-    if s * c * t != cpus:
-        raise Refused(f"invalid cpu topology '{text}'", 1)
-    return {"cpus": cpus, "sockets": s, "cores": c, "threads": t}
+        elif key not in ("cpus", "sockets", "cores", "threads"):
+            raise Refused(f"invalid cpu topology '{text}'", EX_USAGE)
+        parts[key] = value
+
+    def number(key: str, default: int) -> int:
+        value = parts.get(key)
+        if value is None:
+            return default
+        if not value.isdigit() or not 1 <= int(value) <= 0xFFFF:
+            raise Refused(f"Invalid value for {key}: '{value}'")
+        return int(value)
+
+    cpus = number("cpus", 1)
+    c, t = number("cores", 1), number("threads", 1)
+    s = number("sockets", cpus)
+    if "cpus" in parts and s * c * t != cpus:
+        raise Refused(f"Topology ({s} sockets, {c} cores, {t} threads) does not match {cpus} vCPUs")
+    return {"cpus": cpus if "cpus" in parts else s * c * t, "sockets": s, "cores": c, "threads": t}
+
+
+def pci_slot(text: str) -> tuple[int, int, int]:
+    """`bus:slot:func`, `slot:func` or `slot` (pci_emul.c, pci_parse_slot)."""
+    numbers = text.split(":")
+    if len(numbers) > 3 or not all(n.isdigit() for n in numbers):
+        raise Refused(f'Invalid PCI slot info field "{text}"')
+    values = [int(n) for n in numbers]
+    bus, slot, func = {1: [0, *values, 0], 2: [0, *values], 3: values}[len(values)]
+    if not (bus < 256 and slot < 32 and func < 8):
+        raise Refused(f'Invalid PCI slot info field "{text}"')
+    return bus, slot, func
 
 
 class Vm:
@@ -102,24 +142,27 @@ class Vm:
         self.config = host.config()
         opts, rest = getopt.getopt(argv, OPTIONS)
         if len(rest) != 1:
-            raise Refused(USAGE.rstrip(), 1)
+            raise Refused(USAGE.rstrip(), 1, bare=True)
         self.name = rest[0]
         self.flags = {o for o, _ in opts if len(o) == 2 and o[1] in "aACDeHhPSuWwxY"}
         self.topology = {"cpus": 1, "sockets": 1, "cores": 1, "threads": 1}
         self.memsize = 256 << 20
         self.devices: list[str] = []
+        self.slots: set[tuple[int, int, int]] = set()
         self.console: Path | None = None
         self.bootrom: Path | None = None
         self.restore: Path | None = None
         self.receive: tuple[str, int] | None = None
+        cpus = ""
         for opt, value in opts:
             if opt == "-r" and not self.config["snapshot"]:
-                raise Refused("bhyve: illegal option -- r\n" + USAGE, 1)
+                raise Refused("bhyve: illegal option -- r\n" + USAGE, 1, bare=True)
             if opt == "-R" and not self.config["migration"]:
-                raise Refused("bhyve: illegal option -- R\n" + USAGE, 1)
+                raise Refused("bhyve: illegal option -- R\n" + USAGE, 1, bare=True)
             match opt:
                 case "-c":
-                    self.topology = topology(value)
+                    topology(value)  # a usage error shows here, while options are read
+                    cpus = value
                 case "-m":
                     self.memsize = size_of(value)
                 case "-s":
@@ -133,14 +176,26 @@ class Vm:
                         self.receive = wire.parse_host_port(value)
                     except ValueError as exc:
                         raise Refused(f"invalid migration address '{value}'", 1) from exc
+                case "-h":
+                    return  # usage(0) where -h is read: nothing after it is looked at
+        self.topology = topology(cpus)
         if self.bootrom is None and self.restore is None and self.receive is None:
-            raise Refused("no bootrom given and no guest loaded by bhyveload")
+            raise Refused("virtual machine cannot be booted", bare=True)
 
     def _slot(self, value: str) -> None:
-        slot, _, rest = value.partition(",")
+        """pci_parse_slot (pci_emul.c): the slot, the device, its options; a slot taken twice
+        is refused. virtio-blk's path is the text up to the first ',' (blockif_legacy_config,
+        block_if.c): a ',' in a path splits it, and the rest is read as options."""
+        slot_text, comma, rest = value.partition(",")
+        if not comma:
+            raise Refused(f'Invalid PCI slot info field "{value}"')
+        bus, slot, func = pci_slot(slot_text)
         emulation, _, conf = rest.partition(",")
-        if not slot or emulation not in EMULATIONS:
-            raise Refused(f'pci slot {slot}:0: unknown device "{emulation}"')
+        if emulation not in EMULATIONS:
+            raise Refused(f'pci slot {bus}:{slot}:{func}: unknown device "{emulation}"', bare=True)
+        if (bus, slot, func) in self.slots:
+            raise Refused(f"pci slot {bus}:{slot}:{func} already occupied!", bare=True)
+        self.slots.add((bus, slot, func))
         if emulation in ("virtio-blk", "ahci-hd", "nvme"):
             path = Path(conf.split(",")[0])
             if not path.is_file():
@@ -155,15 +210,18 @@ class Vm:
         self.devices.append(f"{slot},{emulation}")
 
     def _lpc(self, value: str) -> None:
+        """lpc_device_parse (pci_lpc.c): `com1,BACKEND` keeps the whole rest as the backend
+        (opened at start, uart_backend.c); `bootrom,ROMFILE[,VARFILE]` splits at ','."""
         device, _, conf = value.partition(",")
         if device == "com1":
             self.console = Path(conf)
         elif device == "bootrom":
-            if not Path(conf).is_file():
-                raise Refused(f"bootrom: {conf}: No such file or directory")
-            self.bootrom = Path(conf)
+            romfile = conf.split(",")[0]
+            if not Path(romfile).is_file():
+                raise Refused(f"bootrom: {romfile}: No such file or directory")
+            self.bootrom = Path(romfile)
         elif device not in ("com2", "com3", "com4", "fwcfg"):
-            raise Refused(f'Invalid lpc device "{device}"', 1)
+            raise Refused(f"invalid lpc device configuration '{value}'", EX_USAGE)
 
     # -- what peers compare ----------------------------------------------------------------
 
@@ -185,16 +243,57 @@ class Running:
     """The VM once created: its vmm entry, guest, and control socket."""
 
     def __init__(self, vm: Vm) -> None:
+        """bhyverun.c's main after the options, in its order: do_open (vm_create, or
+        vm_reinit of a VM of that name), the vCPU limit, vm_setup_memory, then the devices
+        (init_pci: the lpc's com1 backend)."""
         self.vm, self.host = vm, vm.host
+        config = vm.config
+        if "vmm" not in config["kld"]:  # hw.vmm.create does not exist without vmm.ko
+            raise Refused("vm_create: No such file or directory", bare=True)
         entry = self.host.vmm_dir / vm.name
-        if entry.exists():
+        if entry.exists():  # EEXIST with a bootrom: vm_reinit, refused while it runs
             with contextlib.suppress(ValueError, OSError):
                 pid = json.loads(entry.read_text())["pid"]
                 os.kill(pid, 0)
-                raise Refused("vm_create: File exists")
+                raise Refused("vm_reinit: Device busy", bare=True)
         self.entry = entry
-        page = int(vm.config["sysctl"]["hw.pagesize"])
-        self.guest = Guest(self.host.memory_file(vm.name), vm.memsize, vm.console, page)
+        maxcpu = int(config["sysctl"]["hw.vmm.maxcpu"])  # num_vcpus_allowed
+        if vm.topology["cpus"] > maxcpu:
+            cpus = vm.topology["cpus"]
+            raise Refused(f"{cpus} vCPUs requested but only {maxcpu} available", bare=True)
+        page = int(config["sysctl"]["hw.pagesize"])
+        if vm.memsize % page:  # vm_alloc_memseg in vmm.c: EINVAL unless page-aligned
+            raise Refused(f"Unable to setup memory ({EINVAL})", bare=True)
+        console = self.open_console(vm.console) if vm.console is not None else None
+        self.guest = Guest(self.host.memory_file(vm.name), vm.memsize, console, page)
+
+    def open_console(self, path: Path) -> int:
+        """uart_tty_open (usr.sbin/bhyve/uart_backend.c): "stdio", "tcp=..." or a path that
+        is opened O_RDWR|O_NONBLOCK and must be a tty (isatty), then set raw (ttyopen).
+        Opening a missing /dev/nmdmN[AB] creates the pair where nmdm.ko is loaded."""
+        if str(path) == "stdio":
+            return os.dup(1)
+        pair = re.fullmatch(r"nmdm(\d+)[AB]", path.name)
+        in_dev = path.parent == self.host.root / "dev" and not path.is_symlink()
+        if pair is not None and in_dev and "nmdm" in self.vm.config["kld"]:
+            nmdm.clone(self.host.root, int(pair.group(1)))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)  # BSD: no ctty
+        except OSError as exc:
+            raise self._no_backend(path, exc.strerror or str(exc)) from exc
+        if not os.isatty(fd):
+            os.close(fd)
+            raise self._no_backend(path, os.strerror(errno.ENOTTY))
+        tty.setraw(fd, termios.TCSANOW)  # ttyopen: cfmakeraw, tcsetattr(TCSANOW)
+        return fd
+
+    @staticmethod
+    def _no_backend(path: Path, why: str) -> Refused:
+        return Refused(
+            f"Unable to initialize backend '{path}' for LPC device com1\n"
+            f"device emulation initialization error: {why}",
+            bare=True,
+        )
 
     def publish(self) -> None:
         """Appear under /dev/vmm (what `ls /dev/vmm` and the driver see)."""
@@ -365,9 +464,7 @@ def main(argv: list[str], root: str) -> int:
         print(f"bhyve: illegal option -- {exc.opt}\n{USAGE}", file=sys.stderr, end="")
         return 1
     except Refused as exc:
-        print(
-            f"bhyve: {exc}" if not str(exc).startswith(("bhyve", "Usage")) else exc, file=sys.stderr
-        )
+        print(exc if exc.bare else f"bhyve: {exc}", file=sys.stderr)
         return exc.status
 
     def power_button(*_: object) -> None:  # the guest powers off (ACPI), bhyve exits 1

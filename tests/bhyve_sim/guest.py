@@ -4,7 +4,9 @@ guest. A restored or received guest goes on from what its memory holds."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import os
 import struct
 import threading
 import time
@@ -15,14 +17,14 @@ _HEAD = struct.Struct("<Qd")  # counter, uptime (seconds), at the start of page 
 
 
 class Guest:
-    def __init__(self, memory: Path, size: int, console: Path | None, page_size: int) -> None:
+    def __init__(self, memory: Path, size: int, console: int | None, page_size: int) -> None:
         memory.parent.mkdir(parents=True, exist_ok=True)
         with memory.open("a+b") as handle:
             handle.truncate(size)
             self.mm = mmap.mmap(handle.fileno(), size)
         self.size, self.page_size = size, page_size
         self.pages = size // page_size
-        self.console = console.open("a", buffering=1) if console is not None else None
+        self.console = console  # com1: a tty's file descriptor (uart_backend.c)
         self.lock = threading.Lock()
         self.paused = True
         self.dirty: set[int] = set()
@@ -34,8 +36,10 @@ class Guest:
             self.mm[: self.size] = bytes(self.size)
 
     def say(self, line: str) -> None:
+        """Write a line on com1; like bhyve's uart, drop it when the tty takes nothing."""
         if self.console is not None:
-            self.console.write(line + "\n")
+            with contextlib.suppress(OSError):
+                os.write(self.console, (line + "\n").encode())
 
     def counter(self) -> tuple[int, float]:
         seq, uptime = _HEAD.unpack_from(self.mm, 0)

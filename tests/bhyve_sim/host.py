@@ -15,7 +15,9 @@ TOOLS = {
     "usr/sbin/bhyvectl": "tests.bhyve_sim.bhyvectl",
     "sbin/sysctl": "tests.bhyve_sim.sysctl",
     "sbin/kldstat": "tests.bhyve_sim.kldstat",
+    "sbin/kldload": "tests.bhyve_sim.kldload",
 }
+MODULES = ("vmm", "nmdm", "if_bridge", "if_tuntap")  # boot/kernel/NAME.ko
 CPU_FEATURES = (
     "  Features=0x178bfbff<FPU,VME,DE,PSE,TSC,MSR,PAE,MCE,CX8,APIC,SEP,MTRR,PGE,MCA,CMOV,PAT>\n"
     "  Features2=0x7ed8320b<SSE3,PCLMULQDQ,MON,SSSE3,FMA,CX16,SSE4.1,SSE4.2,MOVBE,POPCNT>\n"
@@ -73,6 +75,9 @@ def install(root: Path, *, model: str = "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40G
         path.chmod(0o755)
     for folder in (host.vmm_dir, root / "var" / "sim" / "mem", host.control_socket("x").parent):
         folder.mkdir(parents=True, exist_ok=True)
+    (root / "boot" / "kernel").mkdir(parents=True, exist_ok=True)
+    for module in MODULES:
+        (root / "boot" / "kernel" / f"{module}.ko").write_bytes(b"")
     host.firmware.parent.mkdir(parents=True, exist_ok=True)
     host.firmware.write_bytes(b"\0" * 4096)
     dmesg = root / "var" / "run" / "dmesg.boot"
@@ -89,12 +94,13 @@ def install(root: Path, *, model: str = "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40G
                 "hw.physmem": str(8 << 30),
                 "hw.pagesize": "4096",
                 "hw.ncpu": "2",
+                "hw.vmm.maxcpu": "2",  # vmm.c: the host's CPU count unless tuned
                 "kern.osrelease": "14.1-RELEASE",
                 "vm.stats.vm.v_free_count": str((6 << 30) // 4096),
             },
             "snapshot": True,
             "migration": True,
-            "kld": ["vmm"],
+            "kld": ["vmm"],  # nmdm.ko is not loaded on a fresh FreeBSD
         }
         host.config_file.write_text(json.dumps(config, indent=2))
     return host

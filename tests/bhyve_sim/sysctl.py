@@ -9,7 +9,12 @@ from tests.bhyve_sim.host import SimHost
 
 
 def main(argv: list[str], root: str) -> int:
-    values = SimHost(Path(root)).config()["sysctl"]
+    config = SimHost(Path(root)).config()
+    values = {  # vmm.ko's sysctls exist only while it is loaded
+        k: v
+        for k, v in config["sysctl"].items()
+        if "vmm" in config["kld"] or not k.startswith("hw.vmm.")
+    }
     bare = bool(argv) and argv[0] == "-n"
     names = argv[1:] if bare else argv
     if not names or any(n.startswith("-") for n in names):

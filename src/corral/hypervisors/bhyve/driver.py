@@ -41,8 +41,8 @@ from corral.hypervisors.base import (
     RuntimeStatus,
     VmLayout,
 )
+from corral.hypervisors.bhyve import console, network
 from corral.hypervisors.bhyve import facts as bhyve_facts
-from corral.hypervisors.bhyve import network
 from corral.hypervisors.bhyve.cmdline import (
     bhyve_argv,
     check_spec,
@@ -60,6 +60,7 @@ from corral.waiting import WaitTimeout, wait_for
 
 SUPERVISOR = "corral.hypervisors.bhyve.supervisor"
 RELAY = "corral.hypervisors.bhyve.relay"
+CONSOLE = "corral.hypervisors.bhyve.console"
 # The sending tunnel's states (relay.py's status file) in corral's words.
 TUNNEL_STATES = {
     "setup": MigrationState.SETUP,
@@ -152,9 +153,10 @@ class BhyveDriver(MigrationDriver):
             raise HypervisorError(f"VM {spec.name} already runs here")
         layout.runtime_dir.mkdir(parents=True, exist_ok=True)
         taps = self._taps(spec, runtime)
+        unit = self._console_unit(spec, runtime)
         argv = bhyve_argv(
             spec,
-            console=str(layout.console_log),
+            console=str(self.host.nmdm(unit, "A")),
             firmware=self.host.firmware,
             restore_from=restore_from,
             receive_from=receive_from,
@@ -169,6 +171,9 @@ class BhyveDriver(MigrationDriver):
         args = [str(layout.runtime_dir), self.host.bhyvectl, spec.name, "--", *argv]
         proc = runtime.spawn(SUPERVISOR, args, "supervisor.pid")
         threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+        side_b, log = str(self.host.nmdm(unit, "B")), str(layout.console_log)
+        logger = runtime.spawn(CONSOLE, [side_b, log, str(proc.pid)], "console.pid")
+        threading.Thread(target=logger.wait, name=f"reap-{logger.pid}", daemon=True).start()
 
         def created() -> int | None:
             if proc.poll() is not None:
@@ -203,6 +208,34 @@ class BhyveDriver(MigrationDriver):
             for nic, device in zip(spec.nics, devices, strict=True):
                 network.ensure_tap(device, nic.bridge)
         return devices
+
+    def _console_unit(self, spec: VmSpec, runtime: Runtime) -> int:
+        """The VM's nmdm unit (console.py): the one it has recorded here, else a free one;
+        nmdm.ko is loaded first if it is not (bhyve's open of /dev/nmdmNA needs it)."""
+        self._load_module("nmdm")
+        with _TAP_LOCK:
+            unit = console.recorded_unit(runtime.dir)
+            if unit is None:
+                others = [
+                    d for d in runtime.dir.parent.iterdir() if d.is_dir() and d != runtime.dir
+                ]
+                taken = console.units_in(self.host.dev) | console.recorded_elsewhere(others)
+                unit = console.pick_unit(spec.name, taken.__contains__)
+                runtime.mark("console.json", json.dumps({"unit": unit}))
+        old = runtime.console_pid()
+        if old is not None:  # a logger of a bhyve that ended: one reader per pair
+            terminate(old, signal.SIGKILL)
+        return unit
+
+    def _load_module(self, module: str) -> None:
+        """kldload(8) `module` unless kldstat(8) lists it."""
+        if subprocess.run([self.host.kldstat, "-q", "-m", module], check=False).returncode == 0:
+            return
+        out = subprocess.run(
+            [self.host.kldload, "-n", module], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            raise HypervisorError(f"kldload {module}: {out.stderr.strip()}")
 
     def start(self, spec: VmSpec, layout: VmLayout, *, paused: bool = False) -> RuntimeStatus:
         pid = self._launch(spec, layout)
@@ -245,6 +278,9 @@ class BhyveDriver(MigrationDriver):
         supervisor = runtime.supervisor_pid()
         if supervisor is not None:
             terminate(supervisor, signal.SIGKILL)  # first, so it restarts nothing
+        logger = runtime.console_pid()
+        if logger is not None:
+            terminate(logger, signal.SIGKILL)
         if isinstance(name, str):
             bhyve = runtime.bhyve_pid(name)
             if bhyve is not None:

@@ -34,6 +34,18 @@ class BhyveHost:
         return str(self._at("sbin/kldstat"))
 
     @property
+    def kldload(self) -> str:
+        return str(self._at("sbin/kldload"))
+
+    @property
+    def dev(self) -> Path:
+        return self._at("dev")
+
+    def nmdm(self, unit: int, side: str) -> Path:
+        """One side of a null-modem pair, nmdm(4): bhyve takes A, the console logger B."""
+        return self.dev / f"nmdm{unit}{side}"
+
+    @property
     def vmm_dir(self) -> Path:
         """Running VMs appear here (/dev/vmm/NAME)."""
         return self._at("dev/vmm")

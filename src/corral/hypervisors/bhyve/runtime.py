@@ -4,7 +4,7 @@ so they outlive an agent restart.
 
 Files: supervisor.pid, vm.pid (bhyve), exit.json (how it last ended), vm.json (what runs:
 name, memory), departing / suspending (markers), send.json / receive.json (tunnel status),
-console.log, hypervisor.log.
+console.json (the nmdm unit) and console.pid (its logger), console.log, hypervisor.log.
 
 Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 """
@@ -25,7 +25,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
         return data
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
 
 
@@ -79,6 +79,9 @@ class Runtime:
     def relay_pid(self, side: str) -> int | None:
         return self._pid(f"{side}.pid", str(self.path(f"{side}.json")))
 
+    def console_pid(self) -> int | None:
+        return self._pid("console.pid", str(self.layout.console_log))
+
     def vm(self) -> dict[str, Any]:
         return read_json(self.path("vm.json")) or {}
 
@@ -108,7 +111,9 @@ class Runtime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.path(pid_file).write_text(f"{proc.pid}\n")
+        tmp = self.path(f".{pid_file}.tmp")  # a reader never sees a half-written file
+        tmp.write_text(f"{proc.pid}\n")
+        tmp.rename(self.path(pid_file))
         return proc
 
     def clean(self) -> None:
@@ -123,5 +128,6 @@ class Runtime:
             "receive.json",
             "send.pid",
             "receive.pid",
+            "console.pid",
         ):
             self.unmark(name)
