@@ -1,6 +1,6 @@
 """Running external programs (ip, qemu-img, apt-get, ...) with one error type.
 
-Must never import anything else of corral but errors.
+Must never import anything else of corral but errors and hostos.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
+from corral import hostos
 from corral.errors import CommandFailed, EnvironmentProblem
 
 
@@ -49,19 +50,21 @@ def succeeds(argv: Sequence[str]) -> bool:
 
 def pid_alive(pid: int) -> bool:
     """True when `pid` runs and is not a zombie (kill(pid, 0) succeeds on zombies, and PID 1
-    on these machines does not reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        if os.path.isdir("/proc/self"):
-            return False
-        try:  # no procfs (FreeBSD): signal 0 says whether it exists
+    on these machines does not reap orphans). Linux: /proc/PID/stat; FreeBSD: kill(pid, 0),
+    then ps(1)'s state, as FreeBSD has no procfs by default."""
+    if hostos.on_freebsd():
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return True
+        out = run([hostos.tool("bin/ps"), "-o", "state=", "-p", str(pid)], check=False)
+        return out.returncode == 0 and not out.stdout.strip().startswith("Z")
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
     # The state follows the command name, which is in parentheses and may hold spaces.
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

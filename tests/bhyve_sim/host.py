@@ -16,6 +16,9 @@ TOOLS = {
     "sbin/sysctl": "tests.bhyve_sim.sysctl",
     "sbin/kldstat": "tests.bhyve_sim.kldstat",
     "sbin/kldload": "tests.bhyve_sim.kldload",
+    "sbin/ifconfig": "tests.bhyve_sim.ifconfig",
+    "sbin/mount": "tests.bhyve_sim.mount",
+    "bin/ps": "tests.bhyve_sim.ps",
 }
 MODULES = ("vmm", "nmdm", "if_bridge", "if_tuntap")  # boot/kernel/NAME.ko
 CPU_FEATURES = (
@@ -66,7 +69,7 @@ def install(root: Path, *, model: str = "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40G
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            f"#!{sys.executable}\n"
+            f"#!{sys.executable} -I\n"  # isolated: no corral site hooks, PATH-independent
             "import sys\n"
             f"sys.path.insert(0, {str(REPO)!r})\n"
             f"from {module} import main\n"

@@ -15,6 +15,7 @@ from corral.lab import agents
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig, LabNode, LabPlan
 from corral.waiting import wait_for
+from tests.bhyve_sim import profile
 from tests.bhyve_sim.host import SimHost, install
 from tests.integration.migration_helpers import migrate
 from tests.integration.vm_helpers import console_lines, corral, corral_json, corral_ok, counters
@@ -54,12 +55,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPlan, lis
         for node in plan.nodes:
             host = install(node.local_dir / "freebsd")
             extra: dict[str, object] = {"hypervisor": "bhyve", "bhyve_root": str(host.root)}
-            agents.start_agent(plan, node, extra=extra)
+            env = profile.agent_env(host, calls_of(node))
+            agents.start_agent(plan, node, extra=extra, env=env)
             hosts.append(host)
         agents.form_cluster(plan)
         yield plan, hosts
     finally:
         lab_down(root)
+
+
+def calls_of(node: LabNode) -> Path:
+    """Where the node's agent writes what it tried that FreeBSD has not."""
+    return node.local_dir / "linux-calls.log"
 
 
 def seq_after(node: LabNode, vm: str, seq: int) -> int:
@@ -139,3 +146,14 @@ def test_preflight_refuses_what_bhyve_cannot_do(
     finally:
         hosts[1].configure(sysctl={"hw.model": hosts[0].config()["sysctl"]["hw.model"]})
     assert corral_json(node1, "vm", "show", "bsd")["observed"] == "running"
+
+
+def test_the_agents_reached_no_linux_only_call(lab: tuple[LabPlan, list[SimHost]]) -> None:
+    """Last in this module: everything above (facts, heartbeats, preflight, VM lifecycle,
+    console, migration) ran on the simulated FreeBSD profile, where /proc, /sys and every
+    program outside the simulated root are refused and written down. Nothing was."""
+    plan, _ = lab
+    for node in plan.nodes:
+        assert profile.linux_calls(calls_of(node)) == [], node.name
+        log = (node.local_dir / "agent.log").read_text(errors="replace")
+        assert "not on FreeBSD" not in log

@@ -113,13 +113,15 @@ def test_a_free_tap_unit_is_chosen_from_the_name() -> None:
 
 def test_taps_on_freebsd_are_made_with_ifconfig() -> None:
     from corral.hypervisors.bhyve import network
+    from corral.hypervisors.bhyve.host import BhyveHost
 
-    assert network.bridges_argv() == ["/sbin/ifconfig", "-g", "bridge"]
-    assert network.tap_argvs("tap7", "bridge0") == [
+    ifconfig = BhyveHost().ifconfig
+    assert network.bridges_argv(ifconfig) == ["/sbin/ifconfig", "-g", "bridge"]
+    assert network.tap_argvs(ifconfig, "tap7", "bridge0") == [
         ["/sbin/ifconfig", "tap7", "create", "up"],
         ["/sbin/ifconfig", "bridge0", "addm", "tap7"],
     ]
-    assert network.remove_argv("tap7") == ["/sbin/ifconfig", "tap7", "destroy"]
+    assert network.remove_argv(ifconfig, "tap7") == ["/sbin/ifconfig", "tap7", "destroy"]
 
 
 HOSTILE = {

@@ -70,3 +70,24 @@ def test_a_damaged_identity_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / IDENTITY_FILE).write_text("{not json")
     with pytest.raises(EnvironmentProblem, match="damaged"):
         read_identity(tmp_path)
+
+
+def test_freebsd_mount_p_is_read_in_the_same_words() -> None:
+    """FreeBSD's `mount -p` (fstab format): NFS v4 is `nfs` with the nfsv4 option, FUSE
+    filesystems are `fusefs.SUBTYPE`; a space in a path is written \\040."""
+    from corral.storage.filesystem import parse_fstab_listing
+
+    listing = (
+        "/dev/ada0p2\t/\tufs\trw\t1 1\n"
+        "nas:/export/vms\t/var/lib/corral\tnfs\trw,nfsv4\t0 0\n"
+        "nas:/old\t/mnt/old\tnfs\trw,nfsv3\t0 0\n"
+        "gl1:/vol\t/mnt/my\\040gluster\tfusefs.glusterfs\trw\t0 0\n"
+    )
+    mounts = parse_fstab_listing(listing)
+    assert [(str(m.mount_point), m.fstype, m.shared) for m in mounts] == [
+        ("/", "ufs", False),
+        ("/var/lib/corral", "nfs4", True),
+        ("/mnt/old", "nfs", True),
+        ("/mnt/my gluster", "fuse.glusterfs", True),
+    ]
+    assert mounts[1].label == "NFS v4"

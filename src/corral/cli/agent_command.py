@@ -41,6 +41,7 @@ def agent_command(
     """Run this node's agent: the API on a root-only unix socket and, once the node is in a
     cluster, HTTPS with mutual TLS for peers; the task runner; heartbeats to every peer.
     Settings: defaults < TOML file < CORRAL_<NAME> environment variables < these flags."""
+    from corral import hostos
     from corral.agent.settings import load_settings
 
     settings = load_settings(
@@ -72,4 +73,8 @@ def agent_command(
     from corral.agent.server import run_agent
     from corral.agent.task_kinds import builtin_kinds
 
+    if settings.hypervisor == "bhyve":
+        # bhyve runs on FreeBSD: pointed at a simulated FreeBSD host (the tests), the agent
+        # and its helpers read processes and mounts the FreeBSD way, with that host's tools.
+        hostos.assume_freebsd(settings.bhyve_root)
     run_agent(NodeAgent(settings, builtin_kinds))

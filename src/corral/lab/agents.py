@@ -89,15 +89,22 @@ def _healthy(node: LabNode) -> bool:
 
 
 def start_agent(
-    plan: LabPlan, node: LabNode, timeout: float = 30.0, extra: dict[str, object] | None = None
+    plan: LabPlan,
+    node: LabNode,
+    timeout: float = 30.0,
+    extra: dict[str, object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> int:
     """Start the node's agent in its namespace (unless it runs) and wait until it answers;
-    `extra` settings are added to its configuration."""
+    `extra` settings are added to its configuration, `env` to its environment (e.g. the
+    simulated FreeBSD profile's PATH)."""
     running = agent_pid(node)
     if running is not None and _healthy(node):
         return running
     config = agent_config(plan, node, extra)
     argv = [sys.executable, "-m", "corral", "agent", "--config", str(config)]
+    if env:
+        argv = ["/usr/bin/env", *(f"{k}={v}" for k, v in env.items()), *argv]
     log = (node.local_dir / "agent.log").open("ab")
     proc = subprocess.Popen(
         netns.in_netns(node.netns, argv),

@@ -1,10 +1,14 @@
-"""Which filesystem a directory lives on, read from /proc/self/mountinfo, and whether that
-kind of filesystem is shared between hosts (NFS v3/v4, GlusterFS, CephFS)."""
+"""Which filesystem a directory lives on, and whether that kind of filesystem is shared
+between hosts (NFS v3/v4, GlusterFS, CephFS). The mount table is /proc/self/mountinfo on
+Linux and `mount -p` (fstab(5) format) on FreeBSD, whose types are named in Linux's words
+here: NFS with the `nfsv4` option is `nfs4`, FUSE's `fusefs.SUBTYPE` is `fuse.SUBTYPE`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from corral import commands, hostos
 
 SHARED_FSTYPES = {
     "nfs": "NFS v3",
@@ -53,12 +57,37 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
     return mounts
 
 
+def parse_fstab_listing(text: str) -> list[MountInfo]:
+    """The mounts of FreeBSD's `mount -p` (device, mount point, type, options, dump, pass;
+    a space in a field written as \\040), in order."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0].startswith("#"):
+            continue
+        source, point, fstype, options = (_unescape(f) for f in fields[:4])
+        if fstype == "nfs" and "nfsv4" in options.split(","):
+            fstype = "nfs4"
+        elif fstype.startswith("fusefs."):
+            fstype = "fuse." + fstype.removeprefix("fusefs.")
+        mounts.append(MountInfo(Path(point), fstype, source))
+    return mounts
+
+
+def mounts() -> list[MountInfo]:
+    """This host's mounts: FreeBSD's `mount -p`, or Linux's /proc/self/mountinfo."""
+    if hostos.on_freebsd():
+        return parse_fstab_listing(commands.run([hostos.tool("sbin/mount"), "-p"]).stdout)
+    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+
+
 def mount_of(path: Path, mountinfo: str | None = None) -> MountInfo:
-    """The mount that holds `path` (the last, longest matching mount point wins)."""
-    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    """The mount that holds `path` (the last, longest matching mount point wins); from
+    `mountinfo` text when given (tests), else from this host's mount table."""
+    table = parse_mountinfo(mountinfo) if mountinfo is not None else mounts()
     target = path.resolve() if mountinfo is None else path
     best = MountInfo(Path("/"), "unknown", "")
-    for mount in parse_mountinfo(text):
+    for mount in table:
         inside = target == mount.mount_point or mount.mount_point in target.parents
         if inside and len(mount.mount_point.parts) >= len(best.mount_point.parts):
             best = mount

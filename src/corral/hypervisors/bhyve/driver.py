@@ -96,7 +96,7 @@ class BhyveDriver(MigrationDriver):
 
     def facts(self) -> HostFacts:
         found = bhyve_facts.host_facts(bhyve_facts.probe(self.host))
-        return replace(found, bridges=tuple(sorted(network.bridges())))
+        return replace(found, bridges=tuple(sorted(network.bridges(self.host.ifconfig))))
 
     # -- definition ------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class BhyveDriver(MigrationDriver):
         if not Path(self.host.bhyve).exists():
             raise HypervisorError(f"{self.host.bhyve} is not installed")
         check_spec(spec)
-        present = network.bridges() if spec.nics else set()
+        present = network.bridges(self.host.ifconfig) if spec.nics else set()
         for i, nic in enumerate(spec.nics):
             if nic.bridge not in present:
                 raise UserInputError(f"nics[{i}].bridge", f"no bridge {nic.bridge!r} here")
@@ -124,7 +124,7 @@ class BhyveDriver(MigrationDriver):
         if runtime.supervisor_pid() is not None or runtime.bhyve_pid(spec.name) is not None:
             raise HypervisorError(f"VM {spec.name} is running; stop it first")
         for device in runtime.taps():
-            network.remove_tap(device)
+            network.remove_tap(self.host.ifconfig, device)
         runtime.unmark("taps.json")
         if keep_logs:
             runtime.clean()
@@ -196,17 +196,17 @@ class BhyveDriver(MigrationDriver):
             devices = runtime.taps()
             if len(devices) != len(spec.nics):
                 for device in devices:
-                    network.remove_tap(device)
+                    network.remove_tap(self.host.ifconfig, device)
                 devices = []
 
                 def taken(device: str) -> bool:
-                    return device in devices or network.interface_exists(device)
+                    return device in devices or network.interface_exists(self.host.ifconfig, device)
 
                 for nic in spec.nics:
                     devices.append(network.tap_device(nic.tap, taken))
             runtime.mark("taps.json", json.dumps({"devices": devices}))
             for nic, device in zip(spec.nics, devices, strict=True):
-                network.ensure_tap(device, nic.bridge)
+                network.ensure_tap(self.host.ifconfig, device, nic.bridge)
         return devices
 
     def _console_unit(self, spec: VmSpec, runtime: Runtime) -> int:
@@ -494,9 +494,10 @@ class BhyveDriver(MigrationDriver):
 
     def migration_status(self, layout: VmLayout) -> MigrationStatus:
         runtime = Runtime(layout)
-        tunnel = read_json(runtime.path("send.json"))
+        status_file = runtime.path("send.json")
+        tunnel = read_json(status_file)
         if tunnel is None:
-            if runtime.relay_pid("send") is None:
+            if runtime.relay_pid("send") is None and read_json(status_file) is None:
                 return MigrationStatus(
                     MigrationState.FAILED,
                     error=f"the tunnel did not start: {log_tail(layout.process_log)}",
@@ -505,7 +506,12 @@ class BhyveDriver(MigrationDriver):
         state = TUNNEL_STATES.get(str(tunnel["state"]), MigrationState.FAILED)
         error = str(tunnel.get("error", ""))
         if not state.finished and runtime.relay_pid("send") is None:
-            state, error = MigrationState.FAILED, error or "the migration tunnel exited"
+            # The relay writes its verdict and then exits: read again, now that it is gone.
+            tunnel = read_json(status_file) or tunnel
+            state = TUNNEL_STATES.get(str(tunnel["state"]), MigrationState.FAILED)
+            error = str(tunnel.get("error", ""))
+            if not state.finished:
+                state, error = MigrationState.FAILED, error or "the migration tunnel exited"
         done = state == MigrationState.COMPLETED
         total = int(runtime.vm().get("memory", 0))
         sent = int(tunnel.get("bytes_out", 0))

@@ -34,6 +34,10 @@ class BhyveHost:
         return str(self._at("sbin/kldstat"))
 
     @property
+    def ifconfig(self) -> str:
+        return str(self._at("sbin/ifconfig"))
+
+    @property
     def kldload(self) -> str:
         return str(self._at("sbin/kldload"))
 

@@ -1,6 +1,7 @@
-"""Taps on bridges for bhyve's virtio-net: ifconfig(8) on FreeBSD (`ifconfig tapN create`,
-`ifconfig bridgeN addm tapN`); on Linux, where only the simulator runs, the same helpers as
-the QEMU driver (ip link).
+"""Taps on bridges for bhyve's virtio-net, with ifconfig(8): `ifconfig tapN create up`,
+`ifconfig BRIDGE addm tapN`, `ifconfig tapN destroy`, `ifconfig -g bridge` (the interfaces in
+the group `bridge`, FreeBSD's list of bridges). The same calls run on the simulated FreeBSD
+host of the tests, whose ifconfig stands in for FreeBSD's.
 
 bhyve chooses a NIC's backend by the device name's prefix and opens /dev/tapN, so a NIC runs
 on a FreeBSD-style `tapN`, not on corral's tap name (`vt` + hash, which the QEMU driver
@@ -14,42 +15,32 @@ Must never import: agent, cli, migration, cluster, tasks, storage, lab.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from corral import commands
 from corral.errors import HypervisorError
-from corral.hypervisors import host_network
 
-IFCONFIG = "/sbin/ifconfig"
 TAP_UNITS = range(1000, 0x8000)  # FreeBSD's IF_MAXUNIT is 0x7fff
 
 
-def on_freebsd() -> bool:
-    return sys.platform.startswith("freebsd")
+def bridges_argv(ifconfig: str) -> list[str]:
+    return [ifconfig, "-g", "bridge"]
 
 
-def bridges_argv() -> list[str]:
-    return [IFCONFIG, "-g", "bridge"]
-
-
-def tap_argvs(tap: str, bridge: str) -> list[list[str]]:
+def tap_argvs(ifconfig: str, tap: str, bridge: str) -> list[list[str]]:
     """Create the tap (bhyve opens /dev/TAP), bring it up and add it to the bridge."""
-    return [[IFCONFIG, tap, "create", "up"], [IFCONFIG, bridge, "addm", tap]]
+    return [[ifconfig, tap, "create", "up"], [ifconfig, bridge, "addm", tap]]
 
 
-def remove_argv(tap: str) -> list[str]:
-    return [IFCONFIG, tap, "destroy"]
+def remove_argv(ifconfig: str, tap: str) -> list[str]:
+    return [ifconfig, tap, "destroy"]
 
 
-def interface_exists(name: str) -> bool:
-    if on_freebsd():
-        return commands.run([IFCONFIG, name], check=False).returncode == 0
-    return Path("/sys/class/net", name).exists()
+def interface_exists(ifconfig: str, name: str) -> bool:
+    return commands.run([ifconfig, name], check=False).returncode == 0
 
 
-def tap_device(tap: str, taken: Callable[[str], bool] = interface_exists) -> str:
+def tap_device(tap: str, taken: Callable[[str], bool]) -> str:
     """A free `tapN` for the NIC corral calls `tap` (the first unit not `taken`, searching
     from one derived from `tap`).
 
@@ -63,25 +54,16 @@ def tap_device(tap: str, taken: Callable[[str], bool] = interface_exists) -> str
     raise HypervisorError(f"no free tap unit in tap{TAP_UNITS[0]}..tap{TAP_UNITS[-1]}")
 
 
-def bridges() -> set[str]:
-    if not on_freebsd():
-        return host_network.bridges()
-    return set(commands.run(bridges_argv()).stdout.split())
+def bridges(ifconfig: str) -> set[str]:
+    return set(commands.run(bridges_argv(ifconfig)).stdout.split())
 
 
-def ensure_tap(tap: str, bridge: str) -> None:
-    if not on_freebsd():
-        host_network.ensure_tap(tap, bridge)
-        return
-    exists = commands.run([IFCONFIG, tap], check=False).returncode == 0
-    create, attach = tap_argvs(tap, bridge)
-    if not exists:
+def ensure_tap(ifconfig: str, tap: str, bridge: str) -> None:
+    create, attach = tap_argvs(ifconfig, tap, bridge)
+    if not interface_exists(ifconfig, tap):
         commands.run(create)
     commands.run(attach, check=False)  # already a member is fine
 
 
-def remove_tap(tap: str) -> None:
-    if not on_freebsd():
-        host_network.remove_tap(tap)
-        return
-    commands.run(remove_argv(tap), check=False)
+def remove_tap(ifconfig: str, tap: str) -> None:
+    commands.run(remove_argv(ifconfig, tap), check=False)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corral import hostos
 from corral.commands import pid_alive
 from corral.hypervisors.base import VmLayout
 
@@ -30,28 +31,28 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def cmdline(pid: int) -> str:
-    """The command line of `pid` ("" if gone): /proc on Linux, ps(1) elsewhere."""
+    """The command line of `pid` ("" if gone): ps(1) on FreeBSD, /proc on Linux."""
+    if hostos.on_freebsd():
+        argv = [hostos.tool("bin/ps"), "-ww", "-o", "command=", "-p", str(pid)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except FileNotFoundError:
-        if sys.platform.startswith("linux"):
-            return ""
-    out = subprocess.run(
-        ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-    )
-    return out.stdout.strip()
+        return ""
 
 
 def stopped(pid: int) -> bool:
     """True when `pid` is stopped by a signal (SIGSTOP: the VM is paused)."""
+    if hostos.on_freebsd():
+        argv = [hostos.tool("bin/ps"), "-o", "state=", "-p", str(pid)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return out.stdout.strip().startswith("T")
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
     except FileNotFoundError:
-        out = subprocess.run(
-            ["ps", "-o", "state=", "-p", str(pid)], capture_output=True, text=True, check=False
-        )
-        return out.stdout.strip().startswith("T")
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 class Runtime:
