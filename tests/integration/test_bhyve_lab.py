@@ -148,6 +148,69 @@ def test_preflight_refuses_what_bhyve_cannot_do(
     assert corral_json(node1, "vm", "show", "bsd")["observed"] == "running"
 
 
+def test_a_checkpoint_and_the_console_across_an_agent_restart(
+    lab: tuple[LabPlan, list[SimHost]], tmp_path: Path
+) -> None:
+    """On the FreeBSD profile: a checkpoint is saved and restored (bhyvectl --suspend, sparse
+    copies, bhyve -r); the console logger outlives an agent restart (no line lost while the
+    agent is down); more vCPUs than the target's hw.vmm.maxcpu is refused at preflight."""
+    plan, hosts = lab
+    node1 = plan.nodes[0]
+    spec = tmp_path / "vm.toml"
+    spec.write_text(SPEC)
+    owner = (
+        corral_json(node1, "vm", "show", "bsd")["owner"]
+        if corral(node1, "vm", "show", "bsd").returncode == 0
+        else None
+    )
+    if owner is None:
+        corral_ok(node1, "vm", "create", "bsd", "--spec", str(spec), "--start")
+        owner = "node1"
+    node = next(n for n in plan.nodes if n.name == owner)
+    corral_ok(node, "checkpoint", "create", "bsd", "--name", "c1")
+    [info] = corral_json(node, "checkpoint", "list", "bsd")
+    assert info["hypervisor"] == "bhyve"
+    saved = seq_after(node, "bsd", 0)
+    later = seq_after(node, "bsd", saved + 20)
+    corral_ok(node, "checkpoint", "restore", "bsd", "c1")
+    assert seq_after(node, "bsd", 0) < later  # it went back
+    assert corral_json(node, "vm", "show", "bsd")["observed"] == "running"
+
+    index = plan.nodes.index(node)
+    log = node.local_dir / "run" / "vms" / "bsd" / "console.log"
+    mark = log.stat().st_size
+    agents.stop_agent(node)
+
+    def logged_past(seq: int) -> int | None:
+        found = counters(log.read_text(errors="replace").splitlines())
+        return found[-1].seq if found and found[-1].seq > seq else None
+
+    down = wait_for(lambda: logged_past(0), timeout=30, what="the console log")
+    wait_for(lambda: logged_past(down + 10), timeout=30, what="lines while the agent is down")
+    extra: dict[str, object] = {"hypervisor": "bhyve", "bhyve_root": str(hosts[index].root)}
+    agents.start_agent(plan, node, extra=extra, env=profile.agent_env(hosts[index], calls_of(node)))
+    seq_after(node, "bsd", down + 20)  # and the restarted agent serves it
+    with log.open("rb") as text:
+        text.seek(mark)
+        seqs = [c.seq for c in counters(text.read().decode(errors="replace").splitlines()[1:])]
+    assert len(seqs) > 20
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none missing, none twice
+
+    other = plan.nodes[1 - index]
+    hosts[1 - index].configure(sysctl={"hw.vmm.maxcpu": "1"})
+    try:
+        wait_for(
+            lambda: corral(node, "migrate", "bsd", other.name, "--plan").returncode == 4,
+            timeout=30,
+            what="the target's new vCPU limit to reach preflight",
+        )
+        out = corral(node, "migrate", "bsd", other.name)
+        assert out.returncode == 4, out.stderr
+        assert "[vcpus] the VM has 2 vCPUs; bhyve on the target allows 1" in out.stderr
+    finally:
+        hosts[1 - index].configure(sysctl={"hw.vmm.maxcpu": "2"})
+
+
 def test_the_agents_reached_no_linux_only_call(lab: tuple[LabPlan, list[SimHost]]) -> None:
     """Last in this module: everything above (facts, heartbeats, preflight, VM lifecycle,
     console, migration) ran on the simulated FreeBSD profile, where /proc, /sys and every

@@ -45,10 +45,12 @@ class BhyveOffer:
     snapshot: bool  # bhyvectl --checkpoint/--suspend, bhyve -r (BHYVE_SNAPSHOT)
     migration: bool  # bhyvectl --migrate, bhyve -R (the FreeBSD-UPB work)
     live_migration: bool  # bhyvectl --migrate-live
+    maxcpu: int | None = None  # hw.vmm.maxcpu: the most vCPUs a VM may have (vmm.ko loaded)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "machine": self.sysctl["hw.machine"],
+            "maxcpu": self.maxcpu,
             "pagesize": int(self.sysctl["hw.pagesize"]),
             "vmm": self.vmm_loaded,
             "snapshot": self.snapshot,
@@ -95,8 +97,17 @@ def probe(host: BhyveHost) -> BhyveOffer:
     vmm = _run([host.kldstat, "-q", "-m", "vmm"]).returncode == 0
     usage = _run([host.bhyvectl])  # no arguments: the usage, listing what it was built with
     snapshot, migration, live = parse_usage(usage.stdout + usage.stderr)
+    limit = _run([host.sysctl, "-n", "hw.vmm.maxcpu"]) if vmm else None  # vmm.ko's own
+    maxcpu = int(limit.stdout) if limit and limit.returncode == 0 and limit.stdout.strip() else None
     return BhyveOffer(
-        dict(zip(SYSCTLS, values, strict=True)), vendor, flags, vmm, snapshot, migration, live
+        dict(zip(SYSCTLS, values, strict=True)),
+        vendor,
+        flags,
+        vmm,
+        snapshot,
+        migration,
+        live,
+        maxcpu,
     )
 
 
@@ -149,6 +160,15 @@ def compatible(
     elif source.get("cpu_flags") != target.get("cpu_flags"):
         missing = sorted(set(source.get("cpu_flags", [])) ^ set(target.get("cpu_flags", [])))
         reasons.append(("cpu", f"the CPUs' features differ: {', '.join(missing[:8])}"))
+    limit = dst.get("maxcpu")
+    if isinstance(limit, int) and spec.cpu.count > limit:
+        reasons.append(
+            (
+                "vcpus",
+                f"the VM has {spec.cpu.count} vCPUs; bhyve on the target allows {limit}"
+                " (hw.vmm.maxcpu)",
+            )
+        )
     if src.get("pagesize") != dst.get("pagesize"):
         reasons.append(
             ("pagesize", f"page sizes differ: {src.get('pagesize')} and {dst.get('pagesize')}")
