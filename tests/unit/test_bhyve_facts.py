@@ -50,6 +50,7 @@ def test_probe_reports_the_host(hosts: tuple[SimHost, SimHost]) -> None:
     assert "sse4.2" in found["cpu_flags"]
     assert found["extra"]["bhyve"] == {
         "machine": "amd64",
+        "maxcpu": 2,
         "pagesize": 4096,
         "vmm": True,
         "snapshot": True,
