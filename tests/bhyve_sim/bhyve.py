@@ -29,7 +29,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from tests.bhyve_sim import nmdm, wire
+from tests.bhyve_sim import guest_net, nmdm, wire
 from tests.bhyve_sim.guest import Guest
 from tests.bhyve_sim.host import SimHost
 
@@ -149,6 +149,7 @@ class Vm:
         self.memsize = 256 << 20
         self.devices: list[str] = []
         self.slots: set[tuple[int, int, int]] = set()
+        self.nics: list[tuple[str, str]] = []  # (backend device, mac)
         self.console: Path | None = None
         self.bootrom: Path | None = None
         self.restore: Path | None = None
@@ -201,12 +202,14 @@ class Vm:
             if not path.is_file():
                 raise Refused(f"Could not open backing file: {path}: No such file or directory")
         if emulation in ("virtio-net", "e1000"):
-            device = conf.split(",")[0]
+            device, *options = conf.split(",")
             if not device.startswith(NET_BACKENDS):
                 raise Refused(
                     f'net backend initialization failed: no backend for "{device}"\n'
                     "device emulation initialization error: Invalid argument"
                 )
+            macs = [o.removeprefix("mac=") for o in options if o.startswith("mac=")]
+            self.nics.append((device, macs[0] if macs else "58:9c:fc:00:00:01"))
         self.devices.append(f"{slot},{emulation}")
 
     def _lpc(self, value: str) -> None:
@@ -264,8 +267,27 @@ class Running:
         page = int(config["sysctl"]["hw.pagesize"])
         if vm.memsize % page:  # vm_alloc_memseg in vmm.c: EINVAL unless page-aligned
             raise Refused(f"Unable to setup memory ({EINVAL})", bare=True)
+        self.taps = [self.open_nic(device) for device, _ in vm.nics]  # slots before lpc's 31
         console = self.open_console(vm.console) if vm.console is not None else None
         self.guest = Guest(self.host.memory_file(vm.name), vm.memsize, console, page)
+
+    def open_nic(self, device: str) -> int:
+        try:
+            return guest_net.open_tap(device)
+        except OSError as exc:
+            raise Refused(
+                f"{exc.strerror or exc}\nnet backend initialization failed\n"
+                "device emulation initialization error: No such file or directory",
+                bare=True,
+            ) from exc
+
+    def serve_network(self) -> None:
+        """The guest answers on its NICs (ARP, ping) if its OS has an address."""
+        ip = self.vm.config.get("guests", {}).get(self.vm.name, {}).get("ip")
+        if ip is None:
+            return
+        for fd, (_, mac) in zip(self.taps, self.vm.nics, strict=True):
+            guest_net.serve(fd, mac, ip, lambda: not self.guest.paused)
 
     def open_console(self, path: Path) -> int:
         """uart_tty_open (usr.sbin/bhyve/uart_backend.c): "stdio", "tcp=..." or a path that
@@ -486,6 +508,7 @@ def main(argv: list[str], root: str) -> int:
         print(f"bhyve: {exc}", file=sys.stderr)
         running.destroy()
         return 4
+    running.serve_network()
     running.guest.resume()
     running.guest.run_forever()
     return 0

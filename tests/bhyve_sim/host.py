@@ -44,7 +44,7 @@ class SimHost:
         """Change the host: `sysctl={...}` values, `snapshot`/`migration` support, `kld`."""
         data = self.config()
         for key, value in changes.items():
-            data[key] = {**data[key], **value} if isinstance(value, dict) else value
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
         self.config_file.write_text(json.dumps(data, indent=2))
 
     @property

@@ -5,13 +5,14 @@ TLS tunnel and handoff as with QEMU; what bhyve cannot do is refused at prefligh
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from corral import commands
-from corral.lab import agents
+from corral.lab import agents, netns
 from corral.lab.lifecycle import lab_down, lab_up
 from corral.lab.plan import LabConfig, LabNode, LabPlan
 from corral.waiting import wait_for
@@ -209,6 +210,60 @@ def test_a_checkpoint_and_the_console_across_an_agent_restart(
         assert "[vcpus] the VM has 2 vCPUs; bhyve on the target allows 1" in out.stderr
     finally:
         hosts[1 - index].configure(sysctl={"hw.vmm.maxcpu": "2"})
+
+
+def test_the_guest_is_reached_on_its_new_node_at_once(
+    lab: tuple[LabPlan, list[SimHost]], tmp_path: Path
+) -> None:
+    """After a bhyve migration the target announces the guest's MAC (a gratuitous RARP per
+    NIC): a client pinging the guest through the lab's switch reaches it on the new node
+    within 100 ms of the switchover. The simulated guest never sends on its own, so without
+    the announcement the switch would keep sending to the old node."""
+    plan, hosts = lab
+    node1, node2 = plan.nodes
+    address = plan.guest_address(20).ip
+    for host in hosts:
+        host.configure(guests={"pinged": {"ip": str(address)}})
+    spec = tmp_path / "vm.toml"
+    spec.write_text(SPEC)
+    corral_ok(node1, "vm", "create", "pinged", "--spec", str(spec), "--start")
+    mac = corral_json(node1, "vm", "show", "pinged")["spec"]["nics"][0]["mac"]
+    log = tmp_path / "ping.log"
+    argv = ["ping", "-D", "-n", "-i", "0.01", "-W", "1", str(address)]
+    with log.open("w") as out:
+        pinger = subprocess.Popen(
+            netns.in_netns(plan.client_netns, argv), stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(lambda: "bytes from" in log.read_text(), timeout=30, what="the first reply")
+        code, _, stderr = migrate(node1, "pinged", "node2")
+        assert code == 0, stderr
+        status = node2.local_dir / "run" / "vms" / "pinged" / "receive.json"
+
+        def announced() -> dict[str, object] | None:
+            found = json.loads(status.read_text())
+            return found if "announced" in found else None
+
+        tunnel = wait_for(announced, timeout=10, what="the announcement's rounds")
+        switchover = float(str(tunnel["finished"]))
+        assert tunnel["announced"] == [mac]
+        assert tunnel["announce_errors"] == []
+
+        def first_reply_after() -> float | None:
+            for line in log.read_text().splitlines():
+                if "bytes from" in line and line.startswith("["):
+                    at = float(line[1 : line.index("]")])
+                    if at > switchover:
+                        return at
+            return None
+
+        reached = wait_for(first_reply_after, timeout=30, what="a reply from the new node")
+    finally:
+        pinger.terminate()
+        pinger.wait(timeout=10)
+    assert reached - switchover <= 0.1, f"reached {reached - switchover:.3f} s after"
+    assert corral_json(node2, "vm", "show", "pinged")["observed"] == "running"
+    corral_ok(node2, "vm", "stop", "pinged")
 
 
 def test_the_agents_reached_no_linux_only_call(lab: tuple[LabPlan, list[SimHost]]) -> None:

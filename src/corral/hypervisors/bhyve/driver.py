@@ -43,6 +43,7 @@ from corral.hypervisors.base import (
 )
 from corral.hypervisors.bhyve import console, network
 from corral.hypervisors.bhyve import facts as bhyve_facts
+from corral.hypervisors.bhyve.announce import Nic
 from corral.hypervisors.bhyve.cmdline import (
     bhyve_argv,
     check_spec,
@@ -438,6 +439,8 @@ class BhyveDriver(MigrationDriver):
         runtime = Runtime(layout)
         args = ["receive", "--status", str(runtime.path("receive.json"))]
         args += ["--listen", f"{address}:{port}", "--to", f"127.0.0.1:{inner}"]
+        for nic, device in zip(spec.nics, runtime.taps(), strict=True):
+            args += ["--announce", Nic(device, nic.bridge, nic.mac).to_arg()]
         if tuning.tls_dir is not None:
             args += ["--tls-dir", str(tuning.tls_dir)]
             if tuning.tls_peer_name:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral.hypervisors.bhyve.announce import Nic, announce
+
 CHUNK = 256 * 1024
 
 
@@ -176,6 +178,10 @@ def receive(args: argparse.Namespace, status: Status) -> int:
     inner = socket.create_connection(address(args.to), timeout=30)
     relay(conn, inner, status, 0)
     status.update(state="completed", finished=time.time())
+    if args.announce:  # the guest runs here now: tell the switches (announce.py)
+        nics = [Nic.from_arg(a) for a in args.announce]
+        failed = announce(nics)
+        status.update(announced=[n.mac for n in nics], announce_errors=failed)
     return 0
 
 
@@ -237,6 +243,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--peer-name", help="receive: accept only this node's certificate (CN)")
     parser.add_argument("--bandwidth", type=int, default=0, help="send: bytes/s (0: no limit)")
     parser.add_argument("--timeout", type=float, default=300.0, help="receive: wait this long")
+    parser.add_argument(
+        "--announce",
+        action="append",
+        default=[],
+        help="receive: DEVICE,BRIDGE,MAC of a NIC to announce (RARP) once the VM runs here",
+    )
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.command = argv[split + 1 :]  # send: after "--", bhyvectl ... with {port}
