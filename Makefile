@@ -9,7 +9,7 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt bench-peer-link bench-plan bench-disk bench-drain
+	bench-libvirt bench-peer-link bench-plan bench-disk bench-drain bench-scale
 RUNS ?= 3
 
 help:
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-disk - installs libvirt, then --with-local-disks against --copy-storage-all"
 	@echo "make bench-drain - drain a node of 6 guests, --parallel 1, 2, 4, against single migrations"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
+	@echo "make bench-scale - idle agents' CPU, node list and offline detection at 2, 4, 8, 16 nodes"
 
 deps:
 	@scripts/install-deps.sh
@@ -85,6 +86,9 @@ bench-disk: deps venv image
 
 bench-drain: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.drain
+
+bench-scale: deps venv
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale
 
 bench-peer-link: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link

@@ -154,3 +154,13 @@ class CheckpointCreate(Body):
 
 class AdoptRequest(Body):
     spec: VmSpec
+
+
+class HeartbeatMessage(BaseModel):
+    """What a member says of itself at each heartbeat (agent/facts_cache.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    live: dict[str, Any]
+    known: str | None = Field(None, max_length=64)  # the version of the receiver's facts held
+    facts: dict[str, Any] | None = None  # the sender's whole facts, when they were asked for

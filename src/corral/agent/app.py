@@ -26,6 +26,7 @@ from corral.agent.access import JOINER, LOCAL, Access, access_table, allow, call
 from corral.agent.api_models import (
     TASK_ID_PATTERN,
     ClusterInit,
+    HeartbeatMessage,
     JoinCommand,
     JoinRequest,
     JoinResponse,
@@ -51,7 +52,7 @@ from corral.agent.routes_vms import vm_routes
 from corral.agent.task_stream import MEDIA_TYPE, task_events
 from corral.api_errors import AccessDenied, error_body, status_for
 from corral.client import NODE_HEADER
-from corral.errors import CorralError, EnvironmentProblem
+from corral.errors import CorralError, EnvironmentProblem, UserInputError
 from corral.model import NAME_PATTERN
 from corral.tasks.states import TaskState
 
@@ -203,6 +204,17 @@ def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
         """This node's facts: architecture, CPU, hypervisor, memory, VM count, and the
         version of its member list (peers follow the CA holder's)."""
         return agent.facts()
+
+    @app.post("/v1/heartbeat", tags=["node"], dependencies=member)
+    def heartbeat(body: HeartbeatMessage, request: Request) -> dict[str, Any]:
+        """A member's heartbeat: its facts' version and live numbers (its whole facts when
+        asked for); the answer is this node's, with its whole facts only when the version
+        the member holds is not the current one. From members only: the local CLI is no
+        node to be heard from."""
+        caller = caller_of(request)
+        if caller.node is None:
+            raise UserInputError("caller", "heartbeats come from members, over mutual TLS")
+        return agent.answer_heartbeat(caller.node, body.model_dump())
 
     @app.get("/v1/cluster", tags=["cluster"], dependencies=member)
     def cluster() -> dict[str, Any]:

@@ -19,6 +19,7 @@ import httpx
 from corral import __version__
 from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
 from corral.agent.cluster_view import LastSeen
+from corral.agent.facts_cache import LIVE_KEYS, FactsCache
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
@@ -91,19 +92,35 @@ class NodeAgent:
         self.pool = PeerPool(self.pki)  # one keep-alive connection per member
         self.runner = TaskRunner(self.tasks, kinds(self), max_parallel=settings.max_parallel_tasks)
         self.on_member: Callable[[], None] = lambda: None
+        self.facts_cache = FactsCache(self._compute_facts, self._live_facts)
+        self._heard: dict[str, float] = {}  # member -> when a heartbeat last came or went
+        self._send_facts: dict[str, bool] = {}  # member -> it asked for the whole facts
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
 
     # -- facts and status ------------------------------------------------------------------
 
     def facts(self) -> dict[str, Any]:
-        """This node's facts, as reported to peers and `node list`."""
+        """This node's facts, computed afresh (preflight, `GET /v1/facts`); the heartbeats
+        carry the kept ones (facts_cache.py)."""
+        return {**self.facts_cache.refresh(), **self._live_facts()}
+
+    def _compute_facts(self) -> dict[str, Any]:
         facts = self.driver.facts().to_json()
-        facts["vm_count"] = self.vms.inventory.count_owned_by(self.name)
         facts["storage"] = self.dirs.describe()
         facts["corral_version"] = __version__
-        facts["registry_version"] = self.registry.version
-        facts["draining"] = self.draining
         return facts
+
+    def _live_facts(self) -> dict[str, Any]:
+        """The numbers that move, read without a probe or a subprocess."""
+        live: dict[str, Any] = {
+            "vm_count": self.vms.inventory.count_owned_by(self.name),
+            "registry_version": self.registry.version,
+            "draining": self.draining,
+        }
+        free = self.driver.memory_free_mib()
+        if free is not None:
+            live["memory_free_mib"] = free
+        return live
 
     def note_own_facts(self) -> None:
         """Record this node's facts now (its maintenance flag changed): `node list` here
@@ -335,29 +352,73 @@ class NodeAgent:
         return self.pool.client(node)
 
     def heartbeat_once(self) -> None:
-        """Reconcile VM records with what runs; record this node's facts, then ask every
-        peer for theirs (in parallel)."""
+        """Reconcile VM records with what runs; note this node's own state, then exchange
+        a heartbeat with every peer not heard from within this interval (in parallel)."""
         for vm, recorded, observed in self.vms.reconcile():
             log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
         if not self.pki.member:
             return
-        self.registry.mark_seen(self.name, self.facts())
+        live = self.facts_cache.live()
+        own = self.registry.get(self.name).facts.get("facts_version")
+        if own != live["facts_version"]:
+            self.registry.mark_seen(self.name, self.facts_cache.full())
+        else:
+            self.registry.mark_alive(self.name, live)
         members = self.registry.list()
         self.pool.forget({n.name for n in members})  # removed members: close their links
-        peers = [n for n in members if n.name != self.name]
+        recent = time.monotonic() - 0.9 * self.settings.heartbeat_interval
+        peers = [
+            n for n in members if n.name != self.name and self._heard.get(n.name, 0.0) < recent
+        ]
         list(self._peers.map(self._heartbeat_peer, peers))
 
     def _heartbeat_peer(self, node: NodeRecord) -> None:
+        """One exchange: this node's version and live numbers (its whole facts when the
+        peer asked for them last time) for the peer's; the peer's whole facts come back
+        only when the version held here is not its current one."""
         timeout = min(2.0, self.settings.heartbeat_interval * 2)
+        body: dict[str, Any] = {
+            "live": self.facts_cache.live(),
+            "known": node.facts.get("facts_version"),
+        }
+        if self._send_facts.get(node.name, True):
+            body["facts"] = self.facts_cache.full()
         try:
             with self.pool.client(node, timeout=timeout) as client:
-                facts = client.get("/facts")
-                if node.holds_ca and int(facts.get("registry_version", 0)) > self.registry.version:
+                answer = client.post("/heartbeat", body)
+                peer_registry = int(answer["live"].get("registry_version", 0))
+                if node.holds_ca and peer_registry > self.registry.version:
                     # Missed a join or a removal: follow the CA holder's list.
                     self.follow_registry(RegistryModel.model_validate(client.get("/registry")))
-            self.registry.mark_seen(node.name, facts)
-        except (CorralError, httpx.HTTPError, OSError, ValueError) as exc:
+            self.take_heartbeat(node.name, answer)
+            self._send_facts[node.name] = bool(answer.get("need_facts"))
+        except (CorralError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
             log.debug("heartbeat to %s failed: %s", node.name, exc)
+
+    def take_heartbeat(self, name: str, message: dict[str, Any]) -> bool:
+        """Record what member `name` said of itself (its live numbers, its facts if it sent
+        them); True when its facts held here are not its current ones (ask for them).
+
+        :raise NotFoundError: `name` is no member."""
+        self._heard[name] = time.monotonic()
+        facts = message.get("facts")
+        if isinstance(facts, dict):
+            self.registry.mark_seen(name, facts)
+            return False
+        live = dict(message.get("live") or {})
+        held = self.registry.get(name).facts.get("facts_version")
+        numbers = {k: live[k] for k in LIVE_KEYS if k in live}
+        self.registry.mark_alive(name, numbers)
+        return held != live.get("facts_version")
+
+    def answer_heartbeat(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
+        """A member's heartbeat to this node: take its news and answer with this node's."""
+        need = self.take_heartbeat(name, message)
+        live = self.facts_cache.live()
+        answer: dict[str, Any] = {"live": live, "need_facts": need}
+        if message.get("known") != live["facts_version"]:
+            answer["facts"] = self.facts_cache.full()
+        return answer
 
     # -- host files a VM may use ------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from corral.agent.app import api_app, join_app
+from corral.agent.facts_cache import FACTS_REFRESH_S
 from corral.agent.http_guards import PeerCertProtocol
 from corral.agent.node_agent import NodeAgent
 
@@ -79,6 +80,14 @@ class AgentServer:
                 log.exception("heartbeat failed")
             self._heartbeat_stop.wait(self.agent.settings.heartbeat_interval)
 
+    def _facts(self) -> None:
+        """Recompute this node's facts off the heartbeat path (probes, subprocesses)."""
+        while not self._heartbeat_stop.wait(FACTS_REFRESH_S):
+            try:
+                self.agent.facts_cache.refresh()
+            except Exception:
+                log.exception("computing this node's facts failed")
+
     async def run(self) -> None:
         s = self.agent.settings
         os.umask(0o077)
@@ -115,6 +124,7 @@ class AgentServer:
         self.start_tls()
         heartbeat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         heartbeat.start()
+        threading.Thread(target=self._facts, name="facts", daemon=True).start()
         while not self.servers[0].started and not self.tasks[0].done():
             await asyncio.sleep(0.01)
         if s.socket_path.exists():

@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.database import Database
 from corral.errors import ConflictError, NotFoundError
+
+ALIVE_WRITE_S = 10.0  # how often a member's liveness reaches the database
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,12 @@ class RegistrySnapshot:
 class NodeRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Members heard from whose facts did not change: when, and their live numbers. Kept
+        # in memory and written to the database at most every ALIVE_WRITE_S per member, so a
+        # heartbeat costs no database write; every read sees them (`_record`).
+        self._alive: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._written: dict[str, float] = {}
+        self._alive_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -203,11 +212,32 @@ class NodeRegistry:
 
     def mark_seen(self, name: str, facts: dict[str, Any], at: float | None = None) -> None:
         """Record a member's facts as it reported them, with its maintenance flag."""
+        at = at or time.time()
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE nodes SET last_seen = ?, facts = ?, draining = ? WHERE name = ?",
-                (at or time.time(), json.dumps(facts), int(bool(facts.get("draining"))), name),
+                (at, json.dumps(facts), int(bool(facts.get("draining"))), name),
             )
+        with self._alive_lock:
+            self._alive.pop(name, None)
+            self._written[name] = at
+
+    def mark_alive(self, name: str, live: dict[str, Any], at: float | None = None) -> None:
+        """A member was heard from and its facts are the ones recorded: note when and its
+        live numbers (free memory, VM count, maintenance) in memory; written to the
+        database only every ALIVE_WRITE_S, or at once when its maintenance flag changed."""
+        at = at or time.time()
+        with self._alive_lock:
+            self._alive[name] = (at, dict(live))
+            due = at - self._written.get(name, 0.0) >= ALIVE_WRITE_S
+        record = self.get(name)  # with the overlay: the stored facts and the live numbers
+        stored_draining = bool(self._stored_draining(name))
+        if due or stored_draining != bool(live.get("draining", stored_draining)):
+            self.mark_seen(name, record.facts, at)
+
+    def _stored_draining(self, name: str) -> bool:
+        rows = self.db.query("SELECT draining FROM nodes WHERE name = ?", (name,))
+        return bool(rows and rows[0]["draining"])
 
     # -- inside ----------------------------------------------------------------------------
 
@@ -247,16 +277,21 @@ class NodeRegistry:
         self._set_version(conn, version)
         return version
 
-    @staticmethod
-    def _record(row: Any) -> NodeRecord:
+    def _record(self, row: Any) -> NodeRecord:
+        facts, last_seen, draining = json.loads(row["facts"]), row["last_seen"], row["draining"]
+        with self._alive_lock:
+            alive = self._alive.get(row["name"])
+        if alive is not None and (last_seen is None or alive[0] > last_seen):
+            last_seen, facts = alive[0], {**facts, **alive[1]}
+            draining = facts.get("draining", draining)
         return NodeRecord(
             row["name"],
             row["address"],
             row["port"],
             row["joined_at"],
-            row["last_seen"],
-            json.loads(row["facts"]),
-            bool(row["draining"]),
+            last_seen,
+            facts,
+            bool(draining),
             row["fingerprint"],
             bool(row["holds_ca"]),
         )

@@ -132,6 +132,11 @@ class HypervisorDriver(ABC):
     def facts(self) -> HostFacts:
         """Architecture, CPU, hypervisor version, CPU models and machine types, memory."""
 
+    def memory_free_mib(self) -> int | None:
+        """The host's free memory now, read cheaply (no probe, no subprocess: it is read at
+        every heartbeat); None where only facts() can tell."""
+        return None
+
     @abstractmethod
     def define(self, spec: VmSpec) -> None:
         """Check that `spec` can run here and create what it needs (disk images).

@@ -15,7 +15,7 @@ from typing import Any
 
 from corral import commands
 from corral.errors import HypervisorError, UserInputError
-from corral.hypervisors import host_network
+from corral.hypervisors import host_info, host_network
 from corral.hypervisors.base import (
     CheckpointInfo,
     HostFacts,
@@ -81,6 +81,9 @@ class QemuDriver(QemuDiskCopy, MigrationDriver):
         return QemuOffer(
             offer.version, tuple(m for m in offer.cpu_models if m in allowed), offer.machine_types
         )
+
+    def memory_free_mib(self) -> int | None:
+        return host_info.memory_mib()[1]  # /proc/meminfo's MemAvailable, as facts() reads it
 
     def facts(self) -> HostFacts:
         return replace(

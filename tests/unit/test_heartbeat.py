@@ -1,0 +1,104 @@
+"""Heartbeats carry a version and the live numbers; the whole facts travel only when the
+version held is not the current one; a heartbeat costs no database write; only members
+send them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from corral.agent.app import api_app
+from corral.agent.facts_cache import FactsCache, version_of
+from corral.agent.node_agent import NodeAgent
+from tests.unit.member_apps import certificate, member_agent, peer_app
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[NodeAgent]:
+    a = member_agent(tmp_path)
+    yield a
+    a.close()
+
+
+def peer_facts(version_tag: str = "a") -> dict[str, Any]:
+    facts: dict[str, Any] = {"arch": "x86_64", "bridges": [version_tag], "vm_count": 0}
+    facts["facts_version"] = version_of(facts)
+    return facts
+
+
+def test_the_version_ignores_the_live_numbers() -> None:
+    base = {"arch": "x86_64", "memory_free_mib": 10, "vm_count": 1, "draining": False}
+    moved = {**base, "memory_free_mib": 99, "vm_count": 3, "draining": True}
+    assert version_of(base) == version_of(moved)
+    assert version_of(base) != version_of({**base, "arch": "aarch64"})
+
+
+def test_the_cache_computes_once_and_reads_the_live_part_each_time() -> None:
+    computed: list[int] = []
+    memory = iter(range(100, 200))
+
+    def compute() -> dict[str, Any]:
+        computed.append(1)
+        return {"arch": "x86_64", "memory_free_mib": 1}
+
+    cache = FactsCache(compute, lambda: {"memory_free_mib": next(memory)})
+    first, second = cache.live(), cache.live()
+    assert len(computed) == 1
+    assert first["facts_version"] == second["facts_version"]
+    assert (first["memory_free_mib"], second["memory_free_mib"]) == (100, 101)
+    assert cache.full()["arch"] == "x86_64"
+    cache.refresh()
+    assert len(computed) == 2
+
+
+def test_a_member_heartbeat_is_answered_and_recorded(agent: NodeAgent) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    facts = peer_facts()
+    first = client.post("/v1/heartbeat", json={"live": {}, "known": None, "facts": facts})
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert answer["need_facts"] is False
+    assert answer["facts"]["facts_version"] == answer["live"]["facts_version"]  # unknown: sent
+    assert agent.registry.get("peer").facts["bridges"] == ["a"]
+
+    # Same version held: no facts back, the peer's live numbers taken without a write.
+    writes = agent.db.query("SELECT last_seen FROM nodes WHERE name = 'peer'")[0][0]
+    live = {"facts_version": facts["facts_version"], "vm_count": 4, "memory_free_mib": 77}
+    second = client.post(
+        "/v1/heartbeat", json={"live": live, "known": answer["live"]["facts_version"]}
+    )
+    assert "facts" not in second.json()
+    assert second.json()["need_facts"] is False
+    seen = agent.registry.get("peer")
+    assert (seen.facts["vm_count"], seen.facts["memory_free_mib"]) == (4, 77)
+    assert seen.last_seen is not None
+    assert seen.last_seen > writes
+    assert agent.db.query("SELECT last_seen FROM nodes WHERE name = 'peer'")[0][0] == writes
+
+    # The peer's facts changed: it is asked for them, and they are taken when they come.
+    changed = peer_facts("b")
+    live = {"facts_version": changed["facts_version"], "vm_count": 4}
+    third = client.post("/v1/heartbeat", json={"live": live, "known": None}).json()
+    assert third["need_facts"] is True
+    assert agent.registry.get("peer").facts["bridges"] == ["a"]
+    client.post("/v1/heartbeat", json={"live": live, "facts": changed})
+    assert agent.registry.get("peer").facts["bridges"] == ["b"]
+
+
+def test_the_local_cli_is_no_node_to_hear_from(agent: NodeAgent) -> None:
+    local = TestClient(api_app(agent, "local"))
+    answer = local.post("/v1/heartbeat", json={"live": {}})
+    assert answer.status_code == 422  # a user input error, naming the caller
+    assert "heartbeats come from members" in answer.json()["error"]["message"]
+
+
+def test_a_certificate_of_no_member_is_refused(agent: NodeAgent) -> None:
+    stranger = TestClient(peer_app(agent, certificate(agent, "gone", "127.0.0.9", admit=False)))
+    answer = stranger.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
+    assert answer.status_code == 403
+    with pytest.raises(Exception, match="no node 'gone'"):
+        agent.registry.get("gone")
