@@ -25,6 +25,8 @@ T = TypeVar("T")
 NODE_HEADER = "x-corral-node"
 DEFAULT_SOCKET = Path("/run/corral/agent.sock")
 
+KEEPALIVE_S = 60.0  # how long an idle connection to a peer is kept
+
 
 class AgentClient:
     """Calls one agent's /v1 API: over its unix socket with the standard library (the CLI
@@ -54,7 +56,13 @@ class AgentClient:
 
             self.where = url
             self.http = httpx.Client(
-                base_url=url, verify=ssl_context or True, headers=self.headers, timeout=timeout
+                base_url=url,
+                verify=ssl_context or True,
+                headers=self.headers,
+                timeout=timeout,
+                # Kept open between heartbeats that reach a peer every few intervals (no new
+                # TLS handshake each time); shorter than the agent's keep-alive (server.py).
+                limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
             )
         else:
             raise ValueError("an AgentClient needs a socket path or a URL")

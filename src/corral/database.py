@@ -112,12 +112,15 @@ SCHEMA_MIGRATIONS: tuple[str, ...] = (
 
 
 class Database:
-    """The node's database file. Safe to share between threads: every transaction opens
-    its own connection, and SQLite's WAL lets readers run beside one writer."""
+    """The node's database file. Safe to share between threads: each thread keeps its own
+    connection (opening one, with its pragmas, cost more than most queries), and SQLite's
+    WAL lets readers run beside one writer. A query or transaction started while the
+    thread's connection is inside a transaction gets a connection of its own, as before."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._migrate_lock = threading.Lock()
+        self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.parent.chmod(0o700)
         if not path.exists():  # created private whatever the umask: it holds the tokens
@@ -125,7 +128,7 @@ class Database:
         path.chmod(0o600)
         self.migrate()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -134,27 +137,37 @@ class Database:
         return conn
 
     @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, or a fresh one if it is busy in a transaction."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        if not conn.in_transaction:
+            yield conn
+            return
+        fresh = self._open()
+        try:
+            yield fresh
+        finally:
+            fresh.close()
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
-        conn = self._connect()
-        try:
+        with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # never leave a kept connection holding the lock
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query."""
-        conn = self._connect()
-        try:
+        with self._connection() as conn:
             return list(conn.execute(sql, params))
-        finally:
-            conn.close()
 
     @property
     def version(self) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.agent.settings import load_settings
+from corral.agent.settings import AgentSettings, load_settings
 from corral.errors import UserInputError
 
 
@@ -74,3 +74,10 @@ def test_the_agent_picks_bhyve_on_freebsd_and_qemu_elsewhere(
     assert isinstance(node_agent.choose_driver(forced), BhyveDriver)
     with pytest.raises(UserInputError, match="hypervisor"):
         load_settings(None, {"node_name": "n1", "hypervisor": "xen"}, environ={})
+
+
+def test_a_peer_is_offline_after_three_heartbeats_unless_configured() -> None:
+    assert AgentSettings(node_name="n1").offline_after == 6.0
+    assert AgentSettings(node_name="n1", heartbeat_interval=1.0).offline_after == 3.0
+    chosen = AgentSettings(node_name="n1", heartbeat_interval=1.0, offline_after=5.0)
+    assert chosen.offline_after == 5.0

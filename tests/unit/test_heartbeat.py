@@ -102,3 +102,21 @@ def test_a_certificate_of_no_member_is_refused(agent: NodeAgent) -> None:
     assert answer.status_code == 403
     with pytest.raises(Exception, match="no node 'gone'"):
         agent.registry.get("gone")
+
+
+def test_a_member_heard_of_through_another_is_alive_and_asked_for_its_facts(
+    agent: NodeAgent,
+) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    certificate(agent, "third", "127.0.0.3")
+    assert agent.registry.get("third").last_seen is None
+    beats = {
+        "third": [1.0, 5, "v-third", {"facts_version": "v-third", "vm_count": 2}],
+        "ghost": [1.0, 1, "v", {}],  # no member of that name: ignored
+    }
+    body = {"live": {}, "facts": peer_facts(), "beats": beats}
+    assert client.post("/v1/heartbeat", json=body).status_code == 200
+    third = agent.registry.get("third")
+    assert third.last_seen is not None
+    assert third.facts["vm_count"] == 2
+    assert "third" in agent._asking  # its facts are not held: it is reached directly next

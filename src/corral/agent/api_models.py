@@ -164,3 +164,4 @@ class HeartbeatMessage(BaseModel):
     live: dict[str, Any]
     known: str | None = Field(None, max_length=64)  # the version of the receiver's facts held
     facts: dict[str, Any] | None = None  # the sender's whole facts, when they were asked for
+    beats: dict[str, Any] | None = None  # every member's newest beat the sender knows (gossip)

@@ -6,6 +6,7 @@ Must never import: cli, lab.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import __version__
+from corral.agent import gossip
 from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
 from corral.agent.cluster_view import LastSeen
 from corral.agent.facts_cache import LIVE_KEYS, FactsCache
@@ -95,6 +97,8 @@ class NodeAgent:
         self.facts_cache = FactsCache(self._compute_facts, self._live_facts)
         self._heard: dict[str, float] = {}  # member -> when a heartbeat last came or went
         self._send_facts: dict[str, bool] = {}  # member -> it asked for the whole facts
+        self._asking: set[str] = set()  # members whose facts held here are not current
+        self.beats = gossip.Beats(self.name)
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
 
     # -- facts and status ------------------------------------------------------------------
@@ -352,34 +356,37 @@ class NodeAgent:
         return self.pool.client(node)
 
     def heartbeat_once(self) -> None:
-        """Reconcile VM records with what runs; note this node's own state, then exchange
-        a heartbeat with every peer not heard from within this interval (in parallel)."""
+        """Reconcile VM records with what runs; beat (this node's own state), then send
+        the heartbeat to the peers gossip.choose picks (in parallel)."""
         for vm, recorded, observed in self.vms.reconcile():
             log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
         if not self.pki.member:
             return
         live = self.facts_cache.live()
-        own = self.registry.get(self.name).facts.get("facts_version")
+        self.beats.beat(live)
+        own, _ = self.registry.held(self.name)
         if own != live["facts_version"]:
             self.registry.mark_seen(self.name, self.facts_cache.full())
         else:
             self.registry.mark_alive(self.name, live)
         members = self.registry.list()
-        self.pool.forget({n.name for n in members})  # removed members: close their links
-        recent = time.monotonic() - 0.9 * self.settings.heartbeat_interval
-        peers = [
-            n for n in members if n.name != self.name and self._heard.get(n.name, 0.0) < recent
-        ]
-        list(self._peers.map(self._heartbeat_peer, peers))
+        names = {n.name for n in members}
+        self.pool.forget(names)  # removed members: close their links
+        self.beats.forget(names)
+        since = time.monotonic() - 0.9 * self.settings.heartbeat_interval
+        peers = [n for n in members if n.name != self.name]
+        chosen = gossip.choose(peers, lambda n: n.name, self._heard, self._asking, since)
+        list(self._peers.map(self._heartbeat_peer, chosen))
 
     def _heartbeat_peer(self, node: NodeRecord) -> None:
         """One exchange: this node's version and live numbers (its whole facts when the
-        peer asked for them last time) for the peer's; the peer's whole facts come back
-        only when the version held here is not its current one."""
+        peer asked for them last time) and every member's newest beat known here, for the
+        peer's; its whole facts come back only when the version held here is not current."""
         timeout = min(2.0, self.settings.heartbeat_interval * 2)
         body: dict[str, Any] = {
             "live": self.facts_cache.live(),
             "known": node.facts.get("facts_version"),
+            "beats": self.beats.table(),
         }
         if self._send_facts.get(node.name, True):
             body["facts"] = self.facts_cache.full()
@@ -397,25 +404,44 @@ class NodeAgent:
 
     def take_heartbeat(self, name: str, message: dict[str, Any]) -> bool:
         """Record what member `name` said of itself (its live numbers, its facts if it sent
-        them); True when its facts held here are not its current ones (ask for them).
+        them) and of others (their newest beats); True when its facts held here are not its
+        current ones (ask for them).
 
         :raise NotFoundError: `name` is no member."""
         self._heard[name] = time.monotonic()
+        self._take_beats(message.get("beats"), skip=name)
         facts = message.get("facts")
         if isinstance(facts, dict):
             self.registry.mark_seen(name, facts)
+            self._asking.discard(name)
             return False
         live = dict(message.get("live") or {})
-        held = self.registry.get(name).facts.get("facts_version")
+        return self._alive(name, str(live.get("facts_version")), live)
+
+    def _alive(self, name: str, version: str, live: dict[str, Any], age: float = 0.0) -> bool:
+        """Member `name` was alive `age` seconds ago with these numbers; True (and its
+        facts wanted) when the version held here is not `version`."""
+        held, _ = self.registry.held(name)
         numbers = {k: live[k] for k in LIVE_KEYS if k in live}
-        self.registry.mark_alive(name, numbers)
-        return held != live.get("facts_version")
+        self.registry.mark_alive(name, numbers, at=time.time() - age)
+        stale = held != version
+        if stale:
+            self._asking.add(name)
+        return stale
+
+    def _take_beats(self, table: Any, skip: str) -> None:
+        """Beats of other members heard through a peer: they are alive."""
+        for name, beat in self.beats.merge(table):
+            if name == skip:
+                continue  # the sender itself: its own message says it
+            with contextlib.suppress(NotFoundError):  # not (or no longer) a member here
+                self._alive(name, beat.version, beat.live, beat.age)
 
     def answer_heartbeat(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
         """A member's heartbeat to this node: take its news and answer with this node's."""
         need = self.take_heartbeat(name, message)
         live = self.facts_cache.live()
-        answer: dict[str, Any] = {"live": live, "need_facts": need}
+        answer: dict[str, Any] = {"live": live, "need_facts": need, "beats": self.beats.table()}
         if message.get("known") != live["facts_version"]:
             answer["facts"] = self.facts_cache.full()
         return answer

@@ -21,6 +21,7 @@ from corral.agent.app import api_app, join_app
 from corral.agent.facts_cache import FACTS_REFRESH_S
 from corral.agent.http_guards import PeerCertProtocol
 from corral.agent.node_agent import NodeAgent
+from corral.client import KEEPALIVE_S
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class AgentServer:
         def tls_config(app: Any, port: int, client_certs: ssl.VerifyMode) -> uvicorn.Config:
             return uvicorn.Config(
                 app,
+                timeout_keep_alive=int(KEEPALIVE_S) + 15,  # past the peers' client keep-alive
                 http=PeerCertProtocol,  # carries the client certificate into each request
                 host=s.address,
                 port=port,

@@ -20,18 +20,26 @@ Example `/etc/corral/agent.toml` (every key optional)::
     run_dir = "/run/corral"      # unix socket, VM runtime files
     max_parallel_tasks = 2
     heartbeat_interval = 2.0     # seconds between heartbeats to each peer
-    offline_after = 10.0         # a peer not heard from for this long is offline
+    offline_after = 6.0          # a peer not heard from this long is offline (default: 3 beats)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from corral.errors import UserInputError
 from corral.model import AUTO, NAME_PATTERN
@@ -66,7 +74,16 @@ class AgentSettings(BaseModel):
     cpu_models: tuple[str, ...] | None = None
     max_parallel_tasks: int = Field(2, ge=1, le=64)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
-    offline_after: float = Field(10.0, gt=0, le=3600)
+    offline_after: float = Field(0.0, ge=0, le=3600)  # 0: three heartbeat intervals
+
+    @model_validator(mode="before")
+    @classmethod
+    def _offline_after_three_beats(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("offline_after"):
+            interval = data.get("heartbeat_interval") or 2.0
+            with contextlib.suppress(TypeError, ValueError):
+                data = {**data, "offline_after": 3 * float(interval)}
+        return data
 
     @field_validator("node_name")
     @classmethod

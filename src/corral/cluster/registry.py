@@ -81,6 +81,7 @@ class NodeRegistry:
         # heartbeat costs no database write; every read sees them (`_record`).
         self._alive: dict[str, tuple[float, dict[str, Any]]] = {}
         self._written: dict[str, float] = {}
+        self._held: dict[str, tuple[str | None, bool]] = {}  # facts version, draining
         self._alive_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class NodeRegistry:
                     (row["fingerprint"], name, at or time.time()),
                 )
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+            self._forget(name)
             return self._bump(conn)
 
     # -- following (every other member) ----------------------------------------------------
@@ -191,6 +193,7 @@ class NodeRegistry:
                 member = wanted.get(row["name"])
                 if member is None or member.fingerprint != row["fingerprint"]:
                     conn.execute("DELETE FROM nodes WHERE name = ?", (row["name"],))
+                    self._forget(row["name"])
             for member in snapshot.members:
                 exists = conn.execute(
                     "SELECT 1 FROM nodes WHERE name = ?", (member.name,)
@@ -221,23 +224,45 @@ class NodeRegistry:
         with self._alive_lock:
             self._alive.pop(name, None)
             self._written[name] = at
+            self._held[name] = (facts.get("facts_version"), bool(facts.get("draining")))
 
     def mark_alive(self, name: str, live: dict[str, Any], at: float | None = None) -> None:
         """A member was heard from and its facts are the ones recorded: note when and its
         live numbers (free memory, VM count, maintenance) in memory; written to the
-        database only every ALIVE_WRITE_S, or at once when its maintenance flag changed."""
+        database only every ALIVE_WRITE_S, or at once when its maintenance flag changed.
+
+        :raise NotFoundError: no member of that name."""
         at = at or time.time()
+        held = self.held(name)
         with self._alive_lock:
+            previous = self._alive.get(name)
+            if previous is not None and previous[0] > at:
+                return  # older news than what is known
             self._alive[name] = (at, dict(live))
             due = at - self._written.get(name, 0.0) >= ALIVE_WRITE_S
-        record = self.get(name)  # with the overlay: the stored facts and the live numbers
-        stored_draining = bool(self._stored_draining(name))
-        if due or stored_draining != bool(live.get("draining", stored_draining)):
-            self.mark_seen(name, record.facts, at)
+        if due or held[1] != bool(live.get("draining", held[1])):
+            self.mark_seen(name, self.get(name).facts, at)
 
-    def _stored_draining(self, name: str) -> bool:
-        rows = self.db.query("SELECT draining FROM nodes WHERE name = ?", (name,))
-        return bool(rows and rows[0]["draining"])
+    def _forget(self, name: str) -> None:
+        """A member left: nothing heard of it is kept."""
+        with self._alive_lock:
+            self._alive.pop(name, None)
+            self._written.pop(name, None)
+            self._held.pop(name, None)
+
+    def held(self, name: str) -> tuple[str | None, bool]:
+        """The version of member `name`'s facts recorded here and its recorded maintenance
+        flag, from memory (read from the database once).
+
+        :raise NotFoundError: no member of that name."""
+        with self._alive_lock:
+            found = self._held.get(name)
+        if found is None:
+            record = self.get(name)
+            found = (record.facts.get("facts_version"), record.draining)
+            with self._alive_lock:
+                self._held[name] = found
+        return found
 
     # -- inside ----------------------------------------------------------------------------
 
