@@ -8,7 +8,8 @@
 - `corral node list`'s answer time at the API: GET /v1/nodes on the local socket, with the
   client made once (the CLI's start-up excluded), median of 20;
 - how long until a node whose agent is killed (SIGKILL) is shown offline by another
-  (polled every 50 ms), against the configured time (offline_after).
+  (polled every 50 ms), against the configured time (offline_after); and how often, during
+  the idle window, the first node showed a live member offline (looked at every second).
 
 A number that could not be taken is recorded as missing, never as 0."""
 
@@ -42,16 +43,22 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-def idle_cpu(plan: LabPlan, window: float) -> list[float | None]:
-    """Each agent's CPU use over `window` seconds, in % of one core."""
+def idle_cpu(plan: LabPlan, window: float) -> tuple[list[float | None], int]:
+    """Each agent's CPU use over `window` seconds, in % of one core; and how many times a
+    live member was shown offline by the first node meanwhile (looked at every second)."""
     pids = [agents.agent_pid(node) for node in plan.nodes]
     before = [cpu_seconds(p) if p else None for p in pids]
-    time.sleep(window)  # the measurement itself: a fixed window of idle time
+    flaps, end = 0, time.monotonic() + window
+    with agents.client(plan.nodes[0]) as client:
+        while time.monotonic() < end:  # the measurement itself: a fixed window of idle time
+            flaps += sum(1 for n in client.get("/nodes") if not n["online"])
+            time.sleep(1.0)
     after = [cpu_seconds(p) if p else None for p in pids]
-    return [
+    used = [
         (a - b) / window * 100 if a is not None and b is not None else None
         for a, b in zip(after, before, strict=True)
     ]
+    return used, flaps
 
 
 def list_latency_ms(node: LabNode, samples: int = 20) -> float:
@@ -106,7 +113,7 @@ def measure(size: int, window: float) -> dict[str, Any]:
     with bench_lab(nodes=size) as plan:
         wait_for(lambda: all_online(plan), timeout=120, what="every node online")
         time.sleep(2.0)  # let the joins' own work end before the idle window
-        per_agent = idle_cpu(plan, window)
+        per_agent, flaps = idle_cpu(plan, window)
         taken = [p for p in per_agent if p is not None]
         latency = list_latency_ms(plan.nodes[0])
         offline = offline_after_kill(plan)
@@ -118,6 +125,7 @@ def measure(size: int, window: float) -> dict[str, Any]:
         "total": sum(taken) if len(taken) == len(per_agent) else None,
         "list_ms": latency,
         "offline_s": offline,
+        "flaps": flaps,
         "offline_after": agents.OFFLINE_AFTER,
     }
 
@@ -139,6 +147,7 @@ def main() -> None:
             ("ratio", "total / total at 2 nodes"),
             ("list", "node list at the API, ms"),
             ("offline", "killed node shown offline after, s (configured)"),
+            ("flaps", "live members shown offline during the window"),
         ],
     )
     rows = [measure(size, args.window) for size in sizes]
@@ -157,6 +166,7 @@ def main() -> None:
                 "ratio": "-" if base is None or total is None else f"{total / base:.2f}",
                 "list": f"{row['list_ms']:.1f}",
                 "offline": f"{pct(row['offline_s'])} ({row['offline_after']:.0f})",
+                "flaps": row["flaps"],
             }
         )
     exponent = fit_exponent([(r["nodes"], r["total"]) for r in rows if r["total"] is not None])
