@@ -364,11 +364,12 @@ class NodeAgent:
             return
         live = self.facts_cache.live()
         self.beats.beat(live)
-        own, _ = self.registry.held(self.name)
-        if own != live["facts_version"]:
-            self.registry.mark_seen(self.name, self.facts_cache.full())
-        else:
-            self.registry.mark_alive(self.name, live)
+        with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
+            own, _ = self.registry.held(self.name)
+            if own != live["facts_version"]:
+                self.registry.mark_seen(self.name, self.facts_cache.full())
+            else:
+                self.registry.mark_alive(self.name, live)
         members = self.registry.list()
         names = {n.name for n in members}
         self.pool.forget(names)  # removed members: close their links
