@@ -41,24 +41,34 @@ def test_a_beat_travels_through_a_third_member() -> None:
 
 def test_small_clusters_are_a_full_mesh() -> None:
     peers = ["b", "c", "d"]
-    chosen = gossip.choose(peers, str, {"c": 100.0}, set(), since=50.0, fanout=3)
+    reached = {"c": 100.0}
+    chosen = gossip.choose(peers, str, {}, reached, set(), since=50.0, stale=0.0, fanout=3)
     assert chosen == ["b", "d"]  # c was reached this interval
+
+
+def test_a_peer_that_called_is_not_called_back_unless_not_reached_for_long() -> None:
+    peers = ["b", "c", "d"]
+    heard = {"b": 100.0, "c": 100.0}  # both sent a heartbeat this interval
+    reached = {"b": 90.0, "c": 10.0}  # b reached lately, c long ago
+    chosen = gossip.choose(peers, str, heard, reached, set(), since=95.0, stale=50.0)
+    assert chosen == ["c", "d"]  # c: is it reachable from here at all?
 
 
 def test_larger_clusters_reach_fanout_peers_wanted_first_then_the_oldest() -> None:
     peers = [f"n{i}" for i in range(10)]
-    last = {f"n{i}": float(i) for i in range(10)}
-    chosen = gossip.choose(peers, str, last, {"n7"}, since=100.0, fanout=3)
+    reached = {f"n{i}": float(i) for i in range(10)}
+    chosen = gossip.choose(peers, str, {}, reached, {"n7"}, since=100.0, stale=0.0, fanout=3)
     assert chosen == ["n7", "n0", "n1"]
 
 
 def test_every_peer_is_reached_within_a_few_intervals() -> None:
     peers = [f"n{i}" for i in range(15)]
-    last: dict[str, float] = {}
+    reached: dict[str, float] = {}
     for interval in range(1, 6):
-        for name in gossip.choose(peers, str, last, set(), since=interval - 0.5, fanout=3):
-            last[name] = float(interval)
-    assert set(last) == set(peers)  # 15 peers, 3 an interval: all in 5 intervals
+        since = interval - 0.5
+        for name in gossip.choose(peers, str, {}, reached, set(), since, stale=0.0, fanout=3):
+            reached[name] = float(interval)
+    assert set(reached) == set(peers)  # 15 peers, 3 an interval: all in 5 intervals
 
 
 def test_a_relayed_beat_keeps_its_age() -> None:

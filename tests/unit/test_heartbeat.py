@@ -120,3 +120,17 @@ def test_a_member_heard_of_through_another_is_alive_and_asked_for_its_facts(
     assert third.last_seen is not None
     assert third.facts["vm_count"] == 2
     assert "third" in agent._asking  # its facts are not held: it is reached directly next
+
+
+def test_a_member_this_node_cannot_reach_is_not_kept_online_by_others(agent: NodeAgent) -> None:
+    """Its heartbeats still come (it knows this node's address), but this node's own fail
+    (its address here may be wrong): until one succeeds it ages here, for placement and
+    migrations must reach it."""
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
+    seen = agent.registry.get("peer").last_seen
+    agent._unreachable.add("peer")
+    live = {"facts_version": peer_facts()["facts_version"], "vm_count": 9}
+    client.post("/v1/heartbeat", json={"live": live})
+    assert agent.registry.get("peer").last_seen == seen
+    assert agent.registry.get("peer").facts.get("vm_count") != 9

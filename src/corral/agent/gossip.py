@@ -12,8 +12,11 @@ numbers (facts_cache.py); a node whose version is not the one held is asked for 
 directly at the next beat.
 
 Up to FANOUT peers a member talks to all of them (as a full mesh: small clusters); beyond, it
-picks FANOUT each interval, those asking for its facts first, then those it has exchanged
-with least recently, so every peer is reached directly every few intervals.
+picks FANOUT each interval, those whose facts it wants first, then those it has reached least
+recently, so every peer is reached directly every few intervals. A member this node fails to
+reach is unreachable from here: what others say of it does not keep it online here until a
+heartbeat to it succeeds again (its address may be wrong here; placement and migrations need
+to reach it).
 """
 
 from __future__ import annotations
@@ -110,16 +113,25 @@ class Beats:
 def choose(
     peers: Sequence[T],
     name_of: Callable[[T], str],
-    last_exchange: dict[str, float],
+    heard: dict[str, float],
+    reached: dict[str, float],
     asking: set[str],
     since: float,
+    stale: float,
     fanout: int = FANOUT,
 ) -> list[T]:
-    """The peers to send this interval's heartbeat to: not those exchanged with since
-    `since`; all of them in a small cluster, else `fanout` of them: those whose facts are
-    wanted first, then the least recently reached."""
-    due = [p for p in peers if last_exchange.get(name_of(p), 0.0) < since]
+    """The peers to send this interval's heartbeat to. Not those reached since `since`,
+    nor those that sent one since then, unless this node has not reached them itself since
+    `stale` (a member it cannot reach must be found out, even if it hears from it). All of
+    them in a small cluster, else `fanout`: those whose facts are wanted first, then the
+    least recently reached."""
+
+    def due(name: str) -> bool:
+        last = reached.get(name, 0.0)
+        return last < since and (heard.get(name, 0.0) < since or last < stale)
+
+    chosen = [p for p in peers if due(name_of(p))]
     if len(peers) <= fanout:
-        return due
-    due.sort(key=lambda p: (name_of(p) not in asking, last_exchange.get(name_of(p), 0.0)))
-    return due[:fanout]
+        return chosen
+    chosen.sort(key=lambda p: (name_of(p) not in asking, reached.get(name_of(p), 0.0)))
+    return chosen[:fanout]

@@ -98,6 +98,8 @@ class NodeAgent:
         self._heard: dict[str, float] = {}  # member -> when a heartbeat last came or went
         self._send_facts: dict[str, bool] = {}  # member -> it asked for the whole facts
         self._asking: set[str] = set()  # members whose facts held here are not current
+        self._reached: dict[str, float] = {}  # member -> this node's last heartbeat to it
+        self._unreachable: set[str] = set()  # members this node's last heartbeat failed to reach
         self.beats = gossip.Beats(self.name)
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
 
@@ -374,9 +376,18 @@ class NodeAgent:
         names = {n.name for n in members}
         self.pool.forget(names)  # removed members: close their links
         self.beats.forget(names)
-        since = time.monotonic() - 0.9 * self.settings.heartbeat_interval
+        interval = self.settings.heartbeat_interval
+        now = time.monotonic()
         peers = [n for n in members if n.name != self.name]
-        chosen = gossip.choose(peers, lambda n: n.name, self._heard, self._asking, since)
+        chosen = gossip.choose(
+            peers,
+            lambda n: n.name,
+            self._heard,
+            self._reached,
+            self._asking,
+            since=now - 0.9 * interval,
+            stale=now - 3 * interval,
+        )
         list(self._peers.map(self._heartbeat_peer, chosen))
 
     def _heartbeat_peer(self, node: NodeRecord) -> None:
@@ -398,10 +409,14 @@ class NodeAgent:
                 if node.holds_ca and peer_registry > self.registry.version:
                     # Missed a join or a removal: follow the CA holder's list.
                     self.follow_registry(RegistryModel.model_validate(client.get("/registry")))
+            self._reached[node.name] = time.monotonic()
+            self._unreachable.discard(node.name)
             self.take_heartbeat(node.name, answer)
             self._send_facts[node.name] = bool(answer.get("need_facts"))
         except (CorralError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
             log.debug("heartbeat to %s failed: %s", node.name, exc)
+            self._reached[node.name] = time.monotonic()  # tried: next in turn is another
+            self._unreachable.add(node.name)
 
     def take_heartbeat(self, name: str, message: dict[str, Any]) -> bool:
         """Record what member `name` said of itself (its live numbers, its facts if it sent
@@ -412,7 +427,7 @@ class NodeAgent:
         self._heard[name] = time.monotonic()
         self._take_beats(message.get("beats"), skip=name)
         facts = message.get("facts")
-        if isinstance(facts, dict):
+        if isinstance(facts, dict) and name not in self._unreachable:
             self.registry.mark_seen(name, facts)
             self._asking.discard(name)
             return False
@@ -421,10 +436,12 @@ class NodeAgent:
 
     def _alive(self, name: str, version: str, live: dict[str, Any], age: float = 0.0) -> bool:
         """Member `name` was alive `age` seconds ago with these numbers; True (and its
-        facts wanted) when the version held here is not `version`."""
+        facts wanted) when the version held here is not `version`. Not noted while this
+        node cannot reach it (gossip.py)."""
         held, _ = self.registry.held(name)
         numbers = {k: live[k] for k in LIVE_KEYS if k in live}
-        self.registry.mark_alive(name, numbers, at=time.time() - age)
+        if name not in self._unreachable:
+            self.registry.mark_alive(name, numbers, at=time.time() - age)
         stale = held != version
         if stale:
             self._asking.add(name)
