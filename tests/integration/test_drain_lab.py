@@ -136,7 +136,20 @@ def test_a_drain_moves_rehomes_and_reports_what_stays(
 
 def test_a_drain_resumes_after_its_agent_restarts(lab: LabPlan) -> None:
     node1, node2, _ = lab.nodes
-    out = corral(node2, "node", "drain", "node2", "--parallel", "1", "--no-wait", "--json")
+    # --bandwidth: each migration takes seconds, so the restart lands in the first one
+    # (a fast machine could otherwise finish the drain before the agent stops).
+    out = corral(
+        node2,
+        "node",
+        "drain",
+        "node2",
+        "--parallel",
+        "1",
+        "--bandwidth",
+        "16",
+        "--no-wait",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     task_id = json.loads(out.stdout)["id"]
 

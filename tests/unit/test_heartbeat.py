@@ -67,14 +67,14 @@ def test_a_member_heartbeat_is_answered_and_recorded(agent: NodeAgent) -> None:
 
     # Same version held: no facts back, the peer's live numbers taken without a write.
     writes = agent.db.query("SELECT last_seen FROM nodes WHERE name = 'peer'")[0][0]
-    live = {"facts_version": facts["facts_version"], "vm_count": 4, "memory_free_mib": 77}
+    live = {"facts_version": facts["facts_version"], "vm_count": 0, "memory_free_mib": 77}
     second = client.post(
         "/v1/heartbeat", json={"live": live, "known": answer["live"]["facts_version"]}
     )
     assert "facts" not in second.json()
     assert second.json()["need_facts"] is False
     seen = agent.registry.get("peer")
-    assert (seen.facts["vm_count"], seen.facts["memory_free_mib"]) == (4, 77)
+    assert (seen.facts["vm_count"], seen.facts["memory_free_mib"]) == (0, 77)
     assert seen.last_seen is not None
     assert seen.last_seen > writes
     assert agent.db.query("SELECT last_seen FROM nodes WHERE name = 'peer'")[0][0] == writes
@@ -134,3 +134,14 @@ def test_a_member_this_node_cannot_reach_is_not_kept_online_by_others(agent: Nod
     client.post("/v1/heartbeat", json={"live": live})
     assert agent.registry.get("peer").last_seen == seen
     assert agent.registry.get("peer").facts.get("vm_count") != 9
+
+
+def test_a_changed_vm_count_is_written_at_once(agent: NodeAgent) -> None:
+    """A restarted agent must still say how many VMs a member had at its last heartbeat."""
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    facts = peer_facts()
+    client.post("/v1/heartbeat", json={"live": {}, "facts": facts})
+    live = {"facts_version": facts["facts_version"], "vm_count": 3}
+    client.post("/v1/heartbeat", json={"live": live})
+    stored = agent.db.query("SELECT facts FROM nodes WHERE name = 'peer'")[0][0]
+    assert '"vm_count": 3' in stored

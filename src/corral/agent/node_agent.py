@@ -367,7 +367,7 @@ class NodeAgent:
         live = self.facts_cache.live()
         self.beats.beat(live)
         with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
-            own, _ = self.registry.held(self.name)
+            own, *_ = self.registry.held(self.name)
             if own != live["facts_version"]:
                 self.registry.mark_seen(self.name, self.facts_cache.full())
             else:
@@ -438,7 +438,7 @@ class NodeAgent:
         """Member `name` was alive `age` seconds ago with these numbers; True (and its
         facts wanted) when the version held here is not `version`. Not noted while this
         node cannot reach it (gossip.py)."""
-        held, _ = self.registry.held(name)
+        held, *_ = self.registry.held(name)
         numbers = {k: live[k] for k in LIVE_KEYS if k in live}
         if name not in self._unreachable:
             self.registry.mark_alive(name, numbers, at=time.time() - age)

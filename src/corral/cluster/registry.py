@@ -81,7 +81,7 @@ class NodeRegistry:
         # heartbeat costs no database write; every read sees them (`_record`).
         self._alive: dict[str, tuple[float, dict[str, Any]]] = {}
         self._written: dict[str, float] = {}
-        self._held: dict[str, tuple[str | None, bool]] = {}  # facts version, draining
+        self._held: dict[str, tuple[str | None, bool, object]] = {}  # version, draining, VMs
         self._alive_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
@@ -224,7 +224,11 @@ class NodeRegistry:
         with self._alive_lock:
             self._alive.pop(name, None)
             self._written[name] = at
-            self._held[name] = (facts.get("facts_version"), bool(facts.get("draining")))
+            self._held[name] = (
+                facts.get("facts_version"),
+                bool(facts.get("draining")),
+                facts.get("vm_count"),
+            )
 
     def mark_alive(self, name: str, live: dict[str, Any], at: float | None = None) -> None:
         """A member was heard from and its facts are the ones recorded: note when and its
@@ -240,7 +244,10 @@ class NodeRegistry:
                 return  # older news than what is known
             self._alive[name] = (at, dict(live))
             due = at - self._written.get(name, 0.0) >= ALIVE_WRITE_S
-        if due or held[1] != bool(live.get("draining", held[1])):
+        changed = held[1] != bool(live.get("draining", held[1])) or held[2] != live.get(
+            "vm_count", held[2]
+        )  # what a restarted agent must still know: its maintenance, its VM count
+        if due or changed:
             self.mark_seen(name, self.get(name).facts, at)
 
     def _forget(self, name: str) -> None:
@@ -250,16 +257,20 @@ class NodeRegistry:
             self._written.pop(name, None)
             self._held.pop(name, None)
 
-    def held(self, name: str) -> tuple[str | None, bool]:
-        """The version of member `name`'s facts recorded here and its recorded maintenance
-        flag, from memory (read from the database once).
+    def held(self, name: str) -> tuple[str | None, bool, object]:
+        """The version of member `name`'s facts recorded here, its recorded maintenance
+        flag and VM count, from memory (read from the database once).
 
         :raise NotFoundError: no member of that name."""
         with self._alive_lock:
             found = self._held.get(name)
         if found is None:
             record = self.get(name)
-            found = (record.facts.get("facts_version"), record.draining)
+            found = (
+                record.facts.get("facts_version"),
+                record.draining,
+                record.facts.get("vm_count"),
+            )
             with self._alive_lock:
                 self._held[name] = found
         return found
