@@ -152,7 +152,11 @@ def test_a_migration_started_and_followed_in_a_browser(
     browser.find_element(By.CSS_SELECTOR, 'tr[data-vm="web"] a.button').click()
     Select(browser.find_element(By.NAME, "target")).select_by_value("node2")
     browser.find_element(By.CSS_SELECTOR, "#pick button").click()
-    assert browser.find_element(By.ID, "plan").is_displayed()  # the plan before confirming
+    # The plan before confirming (the page asks the target: wait for it, do not race it).
+    plan = wait_for(
+        lambda: browser.find_elements(By.ID, "plan") or None, timeout=60, what="the plan"
+    )
+    assert plan[0].is_displayed()
     browser.find_element(By.CSS_SELECTOR, "#confirm button").click()
     wait_for(
         lambda: "/tasks/node1/" in browser.current_url or "Refused" in browser.page_source,
