@@ -17,6 +17,7 @@ PACKAGES=(
   kmod              # modprobe
   make
   prometheus        # the metrics test scrapes an agent with a real Prometheus
+  etcd-server       # --state etcd: the lab runs a 3-member etcd cluster
   chromium          # the dashboard's browser test (headless)
   chromium-driver
 )
