@@ -16,10 +16,14 @@ from corral.storage.filesystem import mount_of
 
 @contextmanager
 def running_cluster(
-    tmp_path_factory: pytest.TempPathFactory, prefix: str, nodes: int, storage: str = "dir"
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    nodes: int,
+    storage: str = "dir",
+    state: str = "gossip",
 ) -> Iterator[LabPlan]:
     root = tmp_path_factory.mktemp(prefix) / "lab"
-    plan = lab_up(LabConfig(nodes=nodes, prefix=prefix, root=root, storage=storage))
+    plan = lab_up(LabConfig(nodes=nodes, prefix=prefix, root=root, storage=storage, state=state))
     try:
         agents.form_cluster(plan)
         yield plan

@@ -60,6 +60,8 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
         is_online=lambda name: is_online(agent, name),
         pin_peer=lambda name: pin_peer(agent, name),
         members=lambda: [n.name for n in agent.registry.list()],
+        require_state=agent.require_state,
+        may_resume=agent.etcd.may_resume if agent.etcd is not None else lambda _vm: (True, ""),
     )
 
 
@@ -94,6 +96,7 @@ def receiver_services(agent: NodeAgent) -> ReceiverServices:
         vms=agent.vms,
         tls=tls_files(agent),
         releases=agent.releases,
+        claim=agent.etcd.claim_from if agent.etcd is not None else None,
     )
 
 

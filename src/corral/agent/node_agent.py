@@ -21,6 +21,7 @@ from corral import __version__
 from corral.agent import gossip
 from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
 from corral.agent.cluster_view import LastSeen
+from corral.agent.etcd_membership import EtcdMembership
 from corral.agent.facts_cache import LIVE_KEYS, FactsCache
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
@@ -101,6 +102,20 @@ class NodeAgent:
         self._reached: dict[str, float] = {}  # member -> this node's last heartbeat to it
         self._unreachable: set[str] = set()  # members this node's last heartbeat failed to reach
         self.beats = gossip.Beats(self.name)
+        self.etcd: EtcdMembership | None = None
+        if settings.state == "etcd":
+            self.etcd = EtcdMembership(
+                self.name,
+                settings.etcd_endpoints,
+                settings.lease_ttl,
+                self.pki,
+                self.registry,
+                owned_vms=lambda: [
+                    r.name for r in self.vms.inventory.all() if r.owner == self.name
+                ],
+                live=self.facts_cache.live,
+                full_facts=self.facts_cache.full,
+            )
         self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
 
     # -- facts and status ------------------------------------------------------------------
@@ -149,6 +164,7 @@ class NodeAgent:
             "address": self.settings.address,
             "api_port": self.settings.api_port,
             "join_port": self.settings.join_port,
+            "state": self.etcd.status() if self.etcd is not None else {"mode": "gossip"},
         }
 
     # -- cluster membership ----------------------------------------------------------------
@@ -313,6 +329,10 @@ class NodeAgent:
             raise ConflictError(
                 f"node {name} owns {owned} VM(s); migrate them away first or use --force"
             )
+        if self.etcd is not None:
+            # Its lease ends first: its member key and VM keys go, on every node at once.
+            # etcd unreachable: the removal is refused whole (StateUnavailable).
+            self.etcd.revoke_member(name, self.registry.get(name).fingerprint)
         self.registry.revoke(name)
         self.push_registry(skip={self.name})
 
@@ -365,6 +385,10 @@ class NodeAgent:
         if not self.pki.member:
             return
         live = self.facts_cache.live()
+        if self.etcd is not None:  # membership and liveness come from etcd's leases
+            self.etcd.tick()
+            self._follow_ca_holder()
+            return
         self.beats.beat(live)
         with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
             own, *_ = self.registry.held(self.name)
@@ -514,6 +538,34 @@ class NodeAgent:
                 continue
             raise ConflictError(f"a VM named {vm!r} already exists on {node.name}")
 
+    def require_state(self, doing: str, vm: str | None = None) -> None:
+        """:raise ConflictError: the state is in etcd and etcd cannot agree now: nothing
+        new starts (a VM, a migration); or etcd says another node owns `vm`."""
+        if self.etcd is None:
+            return
+        self.etcd.require_healthy(doing)
+        if vm is not None:
+            owner = self.etcd.owner(vm)
+            if owner not in (None, self.name):
+                raise ConflictError(f"cannot {doing}: etcd says {owner} owns {vm}")
+
+    def _follow_ca_holder(self) -> None:
+        """etcd mode: the CA holder's member list is newer (its member key says): fetch it."""
+        assert self.etcd is not None
+        holder = self.registry.ca_holder()
+        if holder is None or holder.name == self.name:
+            return
+        member = self.etcd.state.members.get(holder.name) or {}
+        if int((member.get("live") or {}).get("registry_version", 0)) <= self.registry.version:
+            return
+        try:
+            with self.pool.client(holder, timeout=5) as client:
+                self.follow_registry(RegistryModel.model_validate(client.get("/registry")))
+        except CorralError as exc:
+            log.warning("could not fetch the member list from %s: %s", holder.name, exc)
+
     def close(self) -> None:
+        if self.etcd is not None:
+            self.etcd.close()
         self._peers.shutdown(wait=False, cancel_futures=True)
         self.pool.close()

@@ -40,6 +40,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         may name them."""
         agent.check_vm_request(body, from_peer=not caller_of(request).local)
         agent.require_name_free(body.name)
+        agent.require_state(f"create {body.name}")
         return vms.describe(vms.create(body))
 
     @app.post("/v1/placement", tags=["vms"], dependencies=LOCAL)
@@ -74,6 +75,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
     def start_vm(name: VmName, request: Request) -> dict[str, Any]:
         """Start the VM (a task)."""
         vms.changeable(name)
+        agent.require_state(f"start {name}", name)
         return task("vm.start", {"vm": name}, request)
 
     @app.post("/v1/vms/{name}/stop", tags=["vms"], status_code=202, dependencies=MEMBER)
@@ -95,6 +97,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
 
     @app.post("/v1/vms/{name}/resume", tags=["vms"], dependencies=MEMBER)
     def resume_vm(name: VmName) -> dict[str, Any]:
+        agent.require_state(f"resume {name}", name)
         vms.resume(name)
         return vms.describe(vms.record(name))
 

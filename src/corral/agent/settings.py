@@ -21,11 +21,14 @@ Example `/etc/corral/agent.toml` (every key optional)::
     max_parallel_tasks = 2
     heartbeat_interval = 2.0     # seconds between heartbeats to each peer
     offline_after = 6.0          # a peer not heard from this long is offline (default: 3 beats)
+    state = "gossip"             # or "etcd": membership, online state, VM ownership in etcd
+    etcd_endpoints = ["https://10.0.0.9:2379"]  # with state = "etcd" (mutual TLS, cluster CA)
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import tomllib
@@ -41,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral.cluster.etcd_endpoints import parse_endpoints
 from corral.errors import UserInputError
 from corral.model import AUTO, NAME_PATTERN
 from corral.vms.directories import NodeDirectories
@@ -75,6 +79,20 @@ class AgentSettings(BaseModel):
     max_parallel_tasks: int = Field(2, ge=1, le=64)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
     offline_after: float = Field(0.0, ge=0, le=3600)  # 0: three heartbeat intervals
+    state: str = Field("gossip", pattern=r"^(gossip|etcd)$")
+    etcd_endpoints: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _etcd_needs_endpoints(self) -> AgentSettings:
+        if self.state == "etcd":
+            parse_endpoints(list(self.etcd_endpoints))  # UserInputError names the setting
+        return self
+
+    @property
+    def lease_ttl(self) -> int:
+        """The etcd lease's TTL: the offline time, in whole seconds (etcd's unit), at least
+        2 (etcd's shortest with its default election timeout)."""
+        return max(2, math.ceil(self.offline_after))
 
     @model_validator(mode="before")
     @classmethod

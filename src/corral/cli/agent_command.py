@@ -35,7 +35,24 @@ def agent_command(
     ] = None,
     max_parallel_tasks: Annotated[int | None, typer.Option(help="Tasks run at once [2].")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds [2].")] = None,
-    offline_after: Annotated[float | None, typer.Option(help="Seconds [10].")] = None,
+    offline_after: Annotated[
+        float | None, typer.Option(help="Seconds without news before a peer is offline [3 beats].")
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="Where membership, online state and VM ownership are agreed: gossip (between"
+            " the agents, no other component) or etcd (past a rack; needs --etcd-endpoints)"
+            " [gossip].",
+        ),
+    ] = None,
+    etcd_endpoints: Annotated[
+        str | None,
+        typer.Option(
+            help="With --state etcd: https://HOST:PORT,... of the etcd members (mutual TLS with"
+            " this node's cluster certificate).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run this node's agent: the API on a root-only unix socket and, once the node is in a
@@ -58,6 +75,8 @@ def agent_command(
             "max_parallel_tasks": max_parallel_tasks,
             "heartbeat_interval": heartbeat_interval,
             "offline_after": offline_after,
+            "state": state,
+            "etcd_endpoints": etcd_endpoints.split(",") if etcd_endpoints else None,
         },
     )
     logging.basicConfig(

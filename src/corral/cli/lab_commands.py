@@ -82,6 +82,13 @@ def up_command(
             " it; local: each node its own VM directories (nothing shared)."
         ),
     ] = "dir",
+    state: Annotated[
+        str,
+        typer.Option(
+            help="gossip: the agents agree among themselves; etcd: a 3-member etcd cluster in"
+            " the lab's namespaces (TLS from the cluster CA) holds membership and VM ownership."
+        ),
+    ] = "gossip",
     with_agents: Annotated[
         bool,
         typer.Option("--agents/--no-agents", help="Start an agent per node and form the cluster."),
@@ -97,6 +104,7 @@ def up_command(
         migration_net=_network(migration_net, "--migration-net"),
         guest_net=_network(guest_net, "--guest-net"),
         storage=storage,
+        state=state,
     )
     plan = lab_up(cfg, progress=console.print)
     if with_agents:

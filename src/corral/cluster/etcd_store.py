@@ -22,13 +22,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 
-from corral.errors import ConflictError, UserInputError
+from corral.cluster.etcd_endpoints import parse_endpoints
+from corral.errors import ConflictError
+
+__all__ = ["Entry", "EtcdStore", "StateUnavailable", "parse_endpoints"]
 
 REQUEST_TIMEOUT = 2.0  # one request to one endpoint
 
@@ -45,31 +47,6 @@ class Entry:
     value: str
     lease: int
     mod_revision: int
-
-
-def parse_endpoints(text: str | list[str]) -> list[tuple[str, int]]:
-    """`https://10.0.0.1:2379,https://10.0.0.2:2379` as (host, port) pairs.
-
-    :raise UserInputError: an endpoint is not https://HOST:PORT.
-    """
-    items = text.split(",") if isinstance(text, str) else text
-    out: list[tuple[str, int]] = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        parts = urlsplit(item)
-        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
-            raise UserInputError(
-                "etcd-endpoints", f"{item!r} is not https://HOST:PORT (TLS is required)"
-            )
-        try:
-            port = parts.port or 2379
-        except ValueError as exc:
-            raise UserInputError("etcd-endpoints", f"{item!r}: {exc}") from exc
-        out.append((parts.hostname, port))
-    if not out:
-        raise UserInputError("etcd-endpoints", "at least one https://HOST:PORT is needed")
-    return out
 
 
 def _b64(text: str) -> str:

@@ -250,6 +250,17 @@ class NodeRegistry:
         if due or changed:
             self.mark_seen(name, self.get(name).facts, at)
 
+    def mark_gone(self, name: str) -> None:
+        """Member `name` is known to be offline now (its etcd lease ended): nothing heard of
+        it before counts.
+
+        :raise NotFoundError: no member of that name."""
+        self.get(name)
+        with self._alive_lock:
+            self._alive.pop(name, None)
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE nodes SET last_seen = NULL WHERE name = ?", (name,))
+
     def _forget(self, name: str) -> None:
         """A member left: nothing heard of it is kept."""
         with self._alive_lock:

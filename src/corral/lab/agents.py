@@ -15,7 +15,7 @@ from corral.api_errors import Unreachable
 from corral.client import AgentClient
 from corral.commands import pid_alive
 from corral.errors import CorralError, EnvironmentProblem
-from corral.lab import netns
+from corral.lab import etcd, netns
 from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import wait_for
 
@@ -59,6 +59,11 @@ def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None =
         "heartbeat_interval": HEARTBEAT_INTERVAL,
         "offline_after": OFFLINE_AFTER,
         "accelerator": "tcg",
+        **(
+            {"state": "etcd", "etcd_endpoints": plan.etcd_endpoints}
+            if plan.config.state == "etcd"
+            else {}
+        ),
         **(extra or {}),
     }
     # JSON's strings, numbers and arrays of strings are also TOML's.
@@ -159,6 +164,8 @@ def form_cluster(plan: LabPlan, timeout: float = 60.0) -> None:
                     {"address": str(first.migration_address.ip), "token": token},
                     timeout=60,
                 )
+    if plan.config.state == "etcd":
+        etcd.start_lab(plan)  # its certificates come from the CA node1 just made
     names = {n.name for n in plan.nodes}
 
     def all_online() -> bool:

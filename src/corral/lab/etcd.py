@@ -12,14 +12,17 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.cluster.pki import ClusterCA, make_key_and_csr
+from corral import commands
+from corral.cluster.pki import ClusterCA, PkiPaths, make_key_and_csr
 from corral.commands import pid_alive
 from corral.errors import EnvironmentProblem
 from corral.lab import netns
+from corral.lab.plan import LabPlan
 from corral.waiting import wait_for
 
 ETCD = Path("/usr/bin/etcd")
@@ -135,14 +138,41 @@ def stop(member: EtcdMember, sig: signal.Signals = signal.SIGKILL) -> None:
 
 
 def healthy(member: EtcdMember, cert: Path, key: Path) -> bool:
-    """The member answers /health with a leader (a majority) behind it."""
-    ctx = ssl.create_default_context(cafile=str(member.folder / "ca.pem"))
+    """The member answers /health with a leader (a majority) behind it (asked from its own
+    namespace: the lab's addresses exist only there)."""
+    if member.netns is not None:
+        probe = [
+            sys.executable,
+            "-I",
+            "-c",
+            _PROBE,
+            member.client_url,
+            str(member.folder),
+            str(cert),
+            str(key),
+        ]
+        return commands.succeeds(netns.in_netns(member.netns, probe))
+    return _health(member.client_url, member.folder / "ca.pem", cert, key)
+
+
+def _health(url: str, ca: Path, cert: Path, key: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key))
     try:
-        with urllib.request.urlopen(f"{member.client_url}/health", timeout=2, context=ctx) as r:
+        with urllib.request.urlopen(f"{url}/health", timeout=2, context=ctx) as r:
             return b'"true"' in r.read()
     except OSError:
         return False
+
+
+_PROBE = """
+import ssl, sys, urllib.request
+url, folder, cert, key = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=folder + "/ca.pem")
+ctx.load_cert_chain(cert, key)
+with urllib.request.urlopen(url + "/health", timeout=2, context=ctx) as r:
+    sys.exit(0 if b'"true"' in r.read() else 1)
+"""
 
 
 def start_cluster(
@@ -163,3 +193,20 @@ def start_cluster(
             what=f"etcd member {member.name} to be healthy (log: {member.log})",
             interval=0.2,
         )
+
+
+def lab_members(plan: LabPlan) -> list[EtcdMember]:
+    """The lab's etcd members (`lab up --state etcd`), each in its namespace."""
+    base = plan.config.root / "etcd"
+    return [
+        EtcdMember(f"etcd{i}", str(address.ip), base / f"etcd{i}", netns=ns)
+        for i, (ns, address) in enumerate(plan.etcd, start=1)
+    ]
+
+
+def start_lab(plan: LabPlan, timeout: float = 60.0) -> None:
+    """Start the lab's etcd cluster with certificates from the cluster CA (held by node1's
+    agent, so this runs once the cluster is made)."""
+    first = plan.nodes[0]
+    ca = ClusterCA.load(PkiPaths(first.local_dir / "state" / "pki"))
+    start_cluster(lab_members(plan), ca, plan.config.prefix, timeout)

@@ -30,6 +30,9 @@ CLIENT_IFACE = "eth0"
 CLIENT_HOST = 254  # the client's host number on the guest network
 STORAGE_KINDS = ("dir", "glusterfs", "local")
 STORAGE_HOST = 250  # the storage namespace's host number on the migration network
+STATE_KINDS = ("gossip", "etcd")
+ETCD_MEMBERS = 3  # --state etcd: a majority survives one member lost
+ETCD_HOST = 240  # etcd member i (1..3) is host ETCD_HOST + i on the migration network
 DEFAULT_MIGRATION_NET = IPv4Network("10.210.0.0/24")
 DEFAULT_GUEST_NET = IPv4Network("10.211.0.0/24")
 
@@ -46,6 +49,9 @@ class LabConfig:
     # "dir": one directory all nodes share; "glusterfs": a GlusterFS volume mounted there;
     # "local": each node its own VM directories (nothing shared: local disks).
     storage: str = "dir"
+    # "gossip": the agents agree among themselves; "etcd": a 3-member etcd cluster in the
+    # lab's own namespaces holds membership, liveness and VM ownership.
+    state: str = "gossip"
 
     def validate(self) -> None:
         """:raise UserInputError: naming the setting that is out of range."""
@@ -62,6 +68,8 @@ class LabConfig:
             raise UserInputError("guest-net", f"{self.guest_net} overlaps {self.migration_net}")
         if not self.root.is_absolute():
             raise UserInputError("root", f"{self.root} is not an absolute path")
+        if self.state not in STATE_KINDS:
+            raise UserInputError("state", f"{self.state!r} is not one of " + ", ".join(STATE_KINDS))
         if self.storage not in STORAGE_KINDS:
             raise UserInputError(
                 "storage", f"{self.storage!r} is not one of " + ", ".join(STORAGE_KINDS)
@@ -75,6 +83,7 @@ class LabConfig:
             "migration_net": str(self.migration_net),
             "guest_net": str(self.guest_net),
             "storage": self.storage,
+            "state": self.state,
         }
 
     @classmethod
@@ -86,6 +95,7 @@ class LabConfig:
             guest_net=IPv4Network(str(data["guest_net"])),
             root=Path(str(data["root"])),
             storage=str(data.get("storage", "dir")),
+            state=str(data.get("state", "gossip")),
         )
 
 
@@ -128,11 +138,23 @@ class LabPlan:
     directories: tuple[Path, ...] = field(default=())
     storage_netns: str = ""
     storage_address: IPv4Interface | None = None
+    etcd: tuple[tuple[str, IPv4Interface], ...] = ()  # (namespace, address) per etcd member
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         storage = (self.storage_netns,) if self.storage_netns else ()
-        return (self.fabric_netns, self.client_netns, *(n.netns for n in self.nodes), *storage)
+        etcd = tuple(ns for ns, _ in self.etcd)
+        return (
+            self.fabric_netns,
+            self.client_netns,
+            *(n.netns for n in self.nodes),
+            *storage,
+            *etcd,
+        )
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [f"https://{address.ip}:2379" for _, address in self.etcd]
 
     def storage_dir(self, node: LabNode) -> Path:
         """The parent of `node`'s data, config and system directories: the shared one, or
@@ -209,6 +231,15 @@ def plan_lab(config: LabConfig) -> LabPlan:
                 "m-storage", FABRIC_MIGRATION_BRIDGE, storage_netns, "eth0", address=storage_address
             )
         )
+    etcd: list[tuple[str, IPv4Interface]] = []
+    if config.state == "etcd":
+        for i in range(1, ETCD_MEMBERS + 1):
+            ns = f"{p}-etcd{i}"
+            address = IPv4Interface(f"{mig.network_address + ETCD_HOST + i}/{mig.prefixlen}")
+            etcd.append((ns, address))
+            links.append(
+                VethLink(f"m-etcd{i}", FABRIC_MIGRATION_BRIDGE, ns, "eth0", address=address)
+            )
     shared = config.root / "shared"
     return LabPlan(
         config=config,
@@ -219,9 +250,16 @@ def plan_lab(config: LabConfig) -> LabPlan:
         links=tuple(links),
         shared_dir=shared,
         state_file=config.root / "lab.json",
-        directories=(config.root, shared, config.root / "nodes", *(n.local_dir for n in nodes)),
+        directories=(
+            config.root,
+            shared,
+            config.root / "nodes",
+            *(n.local_dir for n in nodes),
+            *((config.root / "etcd",) if etcd else ()),
+        ),
         storage_netns=storage_netns,
         storage_address=storage_address,
+        etcd=tuple(etcd),
     )
 
 

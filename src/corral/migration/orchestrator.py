@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral.errors import CorralError
-from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning
+from corral.errors import ConflictError, CorralError
+from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning, RunState
 from corral.hypervisors.disk_copy_contract import DiskCopyStatus
 from corral.migration import policy
 from corral.migration.disk_phase import (
@@ -247,6 +247,10 @@ class SourceMigration:
         :raise MigrationFailed: the target is lost, saying how.
         """
         target = self.opts.target
+        try:
+            self.services.require_state(f"hand {self.vm} over")
+        except ConflictError as exc:
+            raise MigrationFailed(f"{exc.message}; stopped before the switchover") from exc
         if not self.services.is_member(target):
             raise MigrationFailed(f"{target} was removed from the cluster during the migration")
         if not self.services.is_online(target):
@@ -274,6 +278,7 @@ class SourceMigration:
             if reasons:
                 self._step(MigrationPhase.ROLLED_BACK, "refused by preflight")
                 raise PreflightFailed(reasons)
+        self.services.require_state(f"migrate {self.vm}")  # etcd: nothing new without it
         self.services = self.services.pinned(self.opts.target)
         record = self.services.vms.local(self.vm)
         ram = record.spec.memory_mib * MIB
@@ -459,6 +464,13 @@ class SourceMigration:
                 wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)
         if self.disks is not None:
             self.disks.abandon()  # the source's images were never switched: they stay
+        allowed, because = self.services.may_resume(self.vm)
+        if not allowed and self.services.vms.status(self.vm).state != RunState.RUNNING:
+            # Sent away and paused, and this node may no longer own it (etcd): it stays
+            # paused, so that it can never run on two nodes.
+            self.services.vms.inventory.set_state(self.vm, "paused", f"not resumed: {because}")
+            self._step(MigrationPhase.FAILED, f"{why}; not resumed here: {because}")
+            return
         driver.migration_finalize_source(None, layout, success=False)
         self.services.vms.inventory.set_state(
             self.vm, "running", f"migration to {self.opts.target} rolled back"

@@ -38,6 +38,10 @@ class ReceiverServices:
     tls: TlsFiles | None
     free_port: Callable[[str], int] | None = None
     releases: ReleaseBoard = field(default_factory=ReleaseBoard)
+    # With the state in etcd: take the VM's ownership over from the source (a
+    # compare-and-swap) before it resumes here; raises when the swap is refused or cannot
+    # be made, and the VM is then given up here (agent/etcd_membership.py).
+    claim: Callable[[str, str], None] | None = None
 
     @property
     def driver(self) -> MigrationDriver:
@@ -117,9 +121,11 @@ def run_receiver(services: ReceiverServices, ctx: TaskContext) -> dict[str, Any]
             )
             ctx.log(f"serving disks {copied} over NBD on {services.address}:{nbd}")
         ctx.progress(phase="listening", **where)
-        _wait_arrival(services, ctx, args, spec, layout, resume=not copied)
+        gated = bool(copied) or services.claim is not None
+        _wait_arrival(services, ctx, args, spec, layout, resume=not gated)
         if copied:
             _finish_copy(services, ctx, args, layout)
+        _take_over(services, ctx, args, spec, layout)
     except (CorralError, TaskCancelled, WaitTimeout) as exc:
         services.releases.forget(ctx.task.id)
         services.driver.migration_finalize_target(spec, layout, success=False)
@@ -204,7 +210,22 @@ def _finish_copy(
             f" here and stays on {args.source}"
         )
     services.driver.disk_export_stop(layout)
-    services.driver.resume(layout)
+
+
+def _take_over(
+    services: ReceiverServices, ctx: TaskContext, args: ReceiveArgs, spec: VmSpec, layout: VmLayout
+) -> None:
+    """The VM arrived paused (its disks confirmed, if copied): with the state in etcd, it
+    becomes this node's in one compare-and-swap from the source, then resumes. A refused or
+    impossible swap gives it up here: the source still owns it."""
+    if services.claim is not None:
+        try:
+            services.claim(spec.name, args.source)
+        except CorralError as exc:
+            raise ConflictError(f"not resumed here: {exc.message}") from exc
+        ctx.log(f"etcd: {spec.name} is now owned by {services.node}")
+    if args.disks or services.claim is not None:
+        services.driver.resume(layout)
 
 
 def recover_receiver(services: ReceiverServices, task: Task) -> str | None:

@@ -122,6 +122,11 @@ def apply_recovery(
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/discard")
     if plan.resume_source:
+        allowed, because = services.may_resume(vm)
+        if not allowed:
+            with contextlib.suppress(NotFoundError):
+                vms.inventory.set_state(vm, RunState.PAUSED.value, f"not resumed: {because}")
+            return f"runs on no node: {here}'s copy stays paused ({because})"
         driver.migration_finalize_source(spec, layout, success=False)
     if plan.record_source is not None:
         reason = {

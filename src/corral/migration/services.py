@@ -42,6 +42,11 @@ class MigrationServices:
     poll_interval: float = 0.1  # the longest wait for the hypervisor's next event
     watch_interval: float = 0.5  # how often the transfer looks at the target's side
     clock: Callable[[], float] = time.monotonic
+    # With the state in etcd (agent/etcd_membership.py): raises ConflictError while the
+    # cluster cannot agree (no majority, no lease here): a migration then stops before its
+    # switchover. And whether this node may run its paused copy again after a failure.
+    require_state: Callable[[str], None] = lambda _doing: None
+    may_resume: Callable[[str], tuple[bool, str]] = lambda _vm: (True, "")
 
     @property
     def driver(self) -> MigrationDriver:
