@@ -34,6 +34,9 @@ from corral.agent.etcd_membership import open_store
 from corral.cluster.etcd_store import parse_endpoints
 from corral.cluster.pki import PkiPaths
 store = open_store(parse_endpoints(sys.argv[1]), PkiPaths(Path(sys.argv[2])), 2.0)
+if len(sys.argv) == 5:  # KEY VALUE: write it (keeping its lease), as an operator could
+    entry = store.get(sys.argv[3])
+    store.put(sys.argv[3], sys.argv[4], entry.lease if entry else None)
 _, entries = store.get_prefix(sys.argv[3])
 print(json.dumps({e.key.split("/", 3)[3]: e.value for e in entries}))
 """
@@ -45,18 +48,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPlan]:
         yield plan
 
 
-def keys(lab: LabPlan, prefix: str) -> dict[str, str]:
-    """etcd's keys under `prefix`, read as node1 reads them (its namespace, its certificate)."""
-    node1 = lab.nodes[0]
+def keys(lab: LabPlan, prefix: str, *value: str, node: LabNode | None = None) -> dict[str, str]:
+    """etcd's keys under `prefix`, read as `node` (node1) reads them: its namespace, its
+    certificate. With a value: `prefix` is a key, written first."""
+    node = node or lab.nodes[0]
     argv = [
         sys.executable,
         "-c",
         READ_KEYS,
         ",".join(lab.etcd_endpoints),
-        str(node1.local_dir / "state" / "pki"),
+        str(node.local_dir / "state" / "pki"),
         prefix,
+        *value,
     ]
-    return dict(json.loads(run(netns.in_netns(node1.netns, argv), timeout=30).stdout))
+    return dict(json.loads(run(netns.in_netns(node.netns, argv), timeout=30).stdout))
 
 
 def online(node: LabNode) -> dict[str, bool]:
@@ -208,7 +213,7 @@ def test_a_node_cut_off_from_etcd_goes_offline_and_nothing_runs_twice(lab: LabPl
             timeout=agents.OFFLINE_AFTER + 10,
             what="node2 to see node1 offline",
         )
-        assert "vms/e1" not in keys_from(lab, node2, "vms/")
+        assert "vms/e1" not in keys(lab, "vms/", node=node2)
         listed = {v["name"]: (v["node"], v["observed"]) for v in corral_json(node2, "vm", "list")}
         assert listed["e1"] == ("node1", "unknown")
         assert observed(node2, "e1") == "stopped"
@@ -229,23 +234,63 @@ def test_a_node_cut_off_from_etcd_goes_offline_and_nothing_runs_twice(lab: LabPl
     assert runs_on(lab, "e1") == ["node1"]
 
 
-def keys_from(lab: LabPlan, node: LabNode, prefix: str) -> dict[str, str]:
-    """etcd's keys as `node` reads them."""
-    argv = [
-        sys.executable,
-        "-c",
-        READ_KEYS,
-        ",".join(lab.etcd_endpoints),
-        str(node.local_dir / "state" / "pki"),
-        prefix,
-    ]
-    return dict(json.loads(run(netns.in_netns(node.netns, argv), timeout=30).stdout))
+def test_a_target_that_loses_the_swap_never_runs_the_vm(lab: LabPlan) -> None:
+    node1, node2 = lab.nodes
+    holder: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def background() -> None:
+        holder["out"] = corral(node1, "migrate", "e1", "node2", "--bandwidth", "2", "--json")
+
+    thread = threading.Thread(target=background)
+    thread.start()
+
+    def transferring() -> bool:
+        tasks = corral_json(node1, "task", "list")
+        send = [t for t in tasks if t["kind"] == "migration.send" and t["state"] == "running"]
+        return bool(send) and send[0]["progress"].get("done", 0) > 0
+
+    wait_for(transferring, timeout=60, what="the transfer to start")
+    # Meanwhile etcd comes to say another node owns e1 (as after a fenced failover).
+    assert keys(lab, "vms/e1", "node9") == {"vms/e1": "node9"}
+    thread.join(timeout=300)
+    out = holder["out"]
+    assert out.returncode != 0, out.stdout
+    receive = [t for t in corral_json(node2, "task", "list") if t["kind"] == "migration.receive"]
+    assert receive[0]["state"] == "failed"
+    assert "etcd refused the handoff of e1: it is owned by node9, not node1" in receive[0]["error"]
+    # The target never ran it, and the source does not resume what etcd says is not its own.
+    assert observed(node2, "e1") == "stopped"
+    info = corral_json(node1, "vm", "show", "e1")
+    assert info["owner"] == "node1"
+    assert info["observed"] in ("paused", "migrated")  # QEMU's state after sending it
+    assert info["events"][-2]["reason"] == "not resumed: etcd says node9 owns it, not node1"
+    assert "node1's copy stays paused (etcd says node9 owns it, not node1)" in out.stderr
+    refused = corral(node1, "migrate", "e1", "--recover", "--json")
+    assert "etcd says node9 owns it" in refused.stdout, refused.stdout
+    assert observed(node1, "e1") != "running"
+    # Given back by whoever fenced it, it runs on again here.
+    keys(lab, "vms/e1", "node1")
+    recovered = corral(node1, "migrate", "e1", "--recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    assert "runs on node1" in recovered.stdout
+    assert runs_on(lab, "e1") == ["node1"]
+    assert corral_json(node1, "vm", "show", "e1")["observed"] == "running"
+
+
+def test_a_drain_moves_the_vm_and_its_key(lab: LabPlan) -> None:
+    node1, node2 = lab.nodes
+    out = corral(node2, "node", "drain", "node1", "--json", timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["progress"]["vms"]["e1"]["state"] == "moved"
+    assert keys(lab, "vms/")["vms/e1"] == "node2"
+    assert runs_on(lab, "e1") == ["node2"]
+    corral_ok(node2, "node", "undrain", "node1")
 
 
 def test_removing_a_node_revokes_its_lease_and_it_leaves_etcd(lab: LabPlan) -> None:
     node1, node2 = lab.nodes
-    corral_ok(node1, "vm", "kill", "e1")
-    corral_ok(node1, "vm", "delete", "e1")
+    corral_ok(node2, "vm", "kill", "e1")
+    corral_ok(node2, "vm", "delete", "e1")
     wait_for(lambda: "vms/e1" not in keys(lab, "vms/"), timeout=10, what="e1's key to go")
     corral_ok(node1, "node", "remove", "node2")
     assert "members/node2" not in keys(lab, "members/")  # at once: its lease was revoked

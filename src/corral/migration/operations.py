@@ -71,7 +71,7 @@ class MigrationDesk:
         :raise PreflightFailed: every reason it cannot move now."""
         vms = self.services.vms
         vms.refuse_if_held(opts.vm)
-        self.services.require_state(f"migrate {opts.vm}")  # etcd: nothing new without it
+        self.services.require_state(f"migrate {opts.vm}", opts.vm)  # etcd: agreed owner
         opts = place(self.services, opts)  # `auto`: the best member that passes
         reasons = [] if judged else check(self.services, opts)
         if reasons:

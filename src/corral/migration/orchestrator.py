@@ -248,7 +248,7 @@ class SourceMigration:
         """
         target = self.opts.target
         try:
-            self.services.require_state(f"hand {self.vm} over")
+            self.services.require_state(f"hand {self.vm} over", None)
         except ConflictError as exc:
             raise MigrationFailed(f"{exc.message}; stopped before the switchover") from exc
         if not self.services.is_member(target):
@@ -278,7 +278,7 @@ class SourceMigration:
             if reasons:
                 self._step(MigrationPhase.ROLLED_BACK, "refused by preflight")
                 raise PreflightFailed(reasons)
-        self.services.require_state(f"migrate {self.vm}")  # etcd: nothing new without it
+        self.services.require_state(f"migrate {self.vm}", self.vm)  # etcd: its owner, agreed
         self.services = self.services.pinned(self.opts.target)
         record = self.services.vms.local(self.vm)
         ram = record.spec.memory_mib * MIB
@@ -403,6 +403,8 @@ class SourceMigration:
                 f" {self.services.node} again"
             )
         self._step(MigrationPhase.FAILED, found["outcome"])
+        if found["where"] != "unknown":
+            raise MigrationFailed(str(found["outcome"]))
         raise MigrationFailed(
             f"{found['outcome']}; run 'corral migrate --recover {self.vm}' once both nodes answer"
         )

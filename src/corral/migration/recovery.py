@@ -89,6 +89,8 @@ def recover_vm(
         "where": plan.where.value,
     }
     found["outcome"] = apply_recovery(services, vm, target, plan, spec)
+    if plan.resume_source and vms.status(vm).state != RunState.RUNNING:
+        found["where"] = Where.NOWHERE.value  # not resumed: etcd says it is not ours
     return found
 
 
@@ -126,7 +128,10 @@ def apply_recovery(
         if not allowed:
             with contextlib.suppress(NotFoundError):
                 vms.inventory.set_state(vm, RunState.PAUSED.value, f"not resumed: {because}")
-            return f"runs on no node: {here}'s copy stays paused ({because})"
+            return (
+                f"runs on no node: {here}'s copy stays paused ({because}); once etcd gives it"
+                f" back to {here}, 'corral migrate {vm} --recover' runs it on"
+            )
         driver.migration_finalize_source(spec, layout, success=False)
     if plan.record_source is not None:
         reason = {

@@ -45,7 +45,7 @@ class MigrationServices:
     # With the state in etcd (agent/etcd_membership.py): raises ConflictError while the
     # cluster cannot agree (no majority, no lease here): a migration then stops before its
     # switchover. And whether this node may run its paused copy again after a failure.
-    require_state: Callable[[str], None] = lambda _doing: None
+    require_state: Callable[[str, str | None], None] = lambda _doing, _vm: None
     may_resume: Callable[[str], tuple[bool, str]] = lambda _vm: (True, "")
 
     @property
