@@ -81,3 +81,30 @@ def test_a_peer_is_offline_after_three_heartbeats_unless_configured() -> None:
     assert AgentSettings(node_name="n1", heartbeat_interval=1.0).offline_after == 3.0
     chosen = AgentSettings(node_name="n1", heartbeat_interval=1.0, offline_after=5.0)
     assert chosen.offline_after == 5.0
+
+
+def test_etcd_state_needs_https_endpoints_and_its_lease_follows_the_offline_time() -> None:
+    with pytest.raises(UserInputError, match="etcd-endpoints: at least one"):
+        load_settings(None, {"node_name": "n1", "state": "etcd"}, environ={})
+    with pytest.raises(UserInputError, match="TLS is required"):
+        load_settings(
+            None,
+            {"node_name": "n1", "state": "etcd", "etcd_endpoints": ["http://10.0.0.9:2379"]},
+            environ={},
+        )
+    with pytest.raises(UserInputError) as info:
+        load_settings(None, {"node_name": "n1", "state": "raft"}, environ={})
+    assert info.value.field == "state"
+    settings = load_settings(
+        None,
+        {"node_name": "n1", "state": "etcd", "etcd_endpoints": ["https://10.0.0.9:2379"]},
+        environ={"CORRAL_OFFLINE_AFTER": "4.5"},
+    )
+    assert settings.lease_ttl == 5  # whole seconds, rounded up
+    assert AgentSettings(node_name="n1", heartbeat_interval=0.2).lease_ttl == 2  # etcd's least
+    from_env = load_settings(
+        None,
+        {"node_name": "n1", "state": "etcd"},
+        environ={"CORRAL_ETCD_ENDPOINTS": "https://10.0.0.8:2379,https://10.0.0.9:2379"},
+    )
+    assert from_env.etcd_endpoints == ("https://10.0.0.8:2379", "https://10.0.0.9:2379")

@@ -151,3 +151,23 @@ def test_unknown_storage_is_refused() -> None:
     with pytest.raises(UserInputError) as info:
         plan_lab(LabConfig(storage="nfs"))
     assert info.value.field == "storage"
+
+
+def test_etcd_state_adds_three_etcd_namespaces_on_the_migration_network() -> None:
+    plan = plan_lab(LabConfig(nodes=2, state="etcd", root=Path("/r")))
+    assert [ns for ns, _ in plan.etcd] == ["corral-etcd1", "corral-etcd2", "corral-etcd3"]
+    assert set(plan.namespaces) >= {"corral-etcd1", "corral-etcd2", "corral-etcd3"}
+    assert plan.etcd_endpoints == [f"https://10.210.0.{h}:2379" for h in (241, 242, 243)]
+    for ns, address in plan.etcd:
+        link = next(ln for ln in plan.links if ln.netns == ns)
+        assert (link.fabric_bridge, link.address) == ("mig", address)
+    assert Path("/r/etcd") in plan.directories
+    assert plan_lab(LabConfig(nodes=2)).etcd == ()  # gossip: no etcd at all
+    cfg = LabConfig(nodes=2, state="etcd")
+    assert LabConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_an_unknown_state_is_refused_naming_it() -> None:
+    with pytest.raises(UserInputError) as info:
+        plan_lab(LabConfig(state="zookeeper"))
+    assert info.value.field == "state"

@@ -82,6 +82,12 @@ class AgentSettings(BaseModel):
     state: str = Field("gossip", pattern=r"^(gossip|etcd)$")
     etcd_endpoints: tuple[str, ...] = ()
 
+    @field_validator("etcd_endpoints", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """CORRAL_ETCD_ENDPOINTS=https://a:2379,https://b:2379 (the environment's form)."""
+        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _etcd_needs_endpoints(self) -> AgentSettings:
         if self.state == "etcd":
