@@ -278,7 +278,7 @@ def test_a_target_that_loses_the_swap_never_runs_the_vm(lab: LabPlan) -> None:
 
 
 def test_a_drain_moves_the_vm_and_its_key(lab: LabPlan) -> None:
-    node1, node2 = lab.nodes
+    node2 = lab.nodes[1]
     out = corral(node2, "node", "drain", "node1", "--json", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["progress"]["vms"]["e1"]["state"] == "moved"
