@@ -9,7 +9,7 @@ STAMP := $(VENV)/.corral-installed
 
 .PHONY: demo test deps venv image lint typecheck unit integration faults clean help \
 	bench bench-overhead bench-downtime bench-throughput bench-convergence bench-control \
-	bench-libvirt bench-peer-link bench-plan bench-disk bench-drain bench-scale
+	bench-libvirt bench-peer-link bench-plan bench-disk bench-drain bench-scale bench-scale-etcd
 RUNS ?= 3
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-drain - drain a node of 6 guests, --parallel 1, 2, 4, against single migrations"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
 	@echo "make bench-scale - idle agents' CPU, node list and offline detection at 2, 4, 8, 16 nodes"
+	@echo "make bench-scale-etcd - the same with the state in a 3-member etcd (--state etcd)"
 
 deps:
 	@scripts/install-deps.sh
@@ -89,6 +90,9 @@ bench-drain: deps venv image
 
 bench-scale: deps venv
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale
+
+bench-scale-etcd: deps venv
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale --state etcd
 
 bench-peer-link: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.peer_link

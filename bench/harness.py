@@ -175,10 +175,11 @@ def image() -> GuestImage:
 
 
 @contextmanager
-def bench_lab(nodes: int = 2, storage: str = "dir") -> Iterator[LabPlan]:
+def bench_lab(nodes: int = 2, storage: str = "dir", state: str = "gossip") -> Iterator[LabPlan]:
     """A lab cluster with agents (prefix cbench), always removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="corral-bench-")) / "lab"
-    plan = lab_up(LabConfig(nodes=nodes, prefix=PREFIX, root=root, storage=storage))
+    config = LabConfig(nodes=nodes, prefix=PREFIX, root=root, storage=storage, state=state)
+    plan = lab_up(config)
     try:
         agents.form_cluster(plan)
         yield plan

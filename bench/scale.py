@@ -11,6 +11,10 @@
   (polled every 50 ms), against the configured time (offline_after); and how often, during
   the idle window, the first node showed a live member offline (looked at every second).
 
+With `--state etcd` the same labs keep their membership in a 3-member etcd cluster (the
+lab's `--state etcd`); the etcd members' own CPU over the same window is added as a column
+(it is the part of the cost that moved out of the agents).
+
 A number that could not be taken is recorded as missing, never as 0."""
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Result, bench_lab, command_line
-from corral.lab import agents
+from corral.lab import agents, etcd
 from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import WaitTimeout, wait_for
 
@@ -43,22 +47,45 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-def idle_cpu(plan: LabPlan, window: float) -> tuple[list[float | None], int]:
-    """Each agent's CPU use over `window` seconds, in % of one core; and how many times a
-    live member was shown offline by the first node meanwhile (looked at every second)."""
+def etcd_pids(plan: LabPlan) -> list[int | None]:
+    out: list[int | None] = []
+    for member in etcd.lab_members(plan):
+        try:
+            out.append(int(member.pid_file.read_text()))
+        except (OSError, ValueError):
+            out.append(None)
+    return out
+
+
+def idle_cpu(plan: LabPlan, window: float) -> tuple[list[float | None], int, float | None]:
+    """Each agent's CPU use over `window` seconds, in % of one core; how many times a live
+    member was shown offline by the first node meanwhile (looked at every second); and the
+    etcd members' CPU together (None without etcd, or when one could not be read)."""
     pids = [agents.agent_pid(node) for node in plan.nodes]
+    stores = etcd_pids(plan)
     before = [cpu_seconds(p) if p else None for p in pids]
+    stores_before = [cpu_seconds(p) if p else None for p in stores]
     flaps, end = 0, time.monotonic() + window
     with agents.client(plan.nodes[0]) as client:
         while time.monotonic() < end:  # the measurement itself: a fixed window of idle time
             flaps += sum(1 for n in client.get("/nodes") if not n["online"])
             time.sleep(1.0)
     after = [cpu_seconds(p) if p else None for p in pids]
+    stores_after = [cpu_seconds(p) if p else None for p in stores]
     used = [
         (a - b) / window * 100 if a is not None and b is not None else None
         for a, b in zip(after, before, strict=True)
     ]
-    return used, flaps
+    store_used = [
+        (a - b) / window * 100 if a is not None and b is not None else None
+        for a, b in zip(stores_after, stores_before, strict=True)
+    ]
+    etcd_total = (
+        sum(u for u in store_used if u is not None)
+        if store_used and None not in store_used
+        else None
+    )
+    return used, flaps, etcd_total
 
 
 def list_latency_ms(node: LabNode, samples: int = 20) -> float:
@@ -109,11 +136,11 @@ def fit_exponent(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in usable) / sxx if sxx else None
 
 
-def measure(size: int, window: float) -> dict[str, Any]:
-    with bench_lab(nodes=size) as plan:
+def measure(size: int, window: float, state: str) -> dict[str, Any]:
+    with bench_lab(nodes=size, state=state) as plan:
         wait_for(lambda: all_online(plan), timeout=120, what="every node online")
         time.sleep(2.0)  # let the joins' own work end before the idle window
-        per_agent, flaps = idle_cpu(plan, window)
+        per_agent, flaps, etcd_total = idle_cpu(plan, window)
         taken = [p for p in per_agent if p is not None]
         latency = list_latency_ms(plan.nodes[0])
         offline = offline_after_kill(plan)
@@ -127,6 +154,7 @@ def measure(size: int, window: float) -> dict[str, Any]:
         "offline_s": offline,
         "flaps": flaps,
         "offline_after": agents.OFFLINE_AFTER,
+        "etcd_total": etcd_total,
     }
 
 
@@ -134,11 +162,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--window", type=float, default=WINDOW)
+    parser.add_argument("--state", choices=("gossip", "etcd"), default="gossip")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    with_etcd = args.state == "etcd"
     result = Result(
-        name="scale",
-        title="Idle cost of the control plane by cluster size",
+        name="scale-etcd" if with_etcd else "scale",
+        title="Idle cost of the control plane by cluster size"
+        + (" (state in a 3-member etcd)" if with_etcd else " (gossip)"),
         description=__doc__.split("\n\n", 1)[1].strip(),
         columns=[
             ("nodes", "nodes"),
@@ -148,9 +179,10 @@ def main() -> None:
             ("list", "node list at the API, ms"),
             ("offline", "killed node shown offline after, s (configured)"),
             ("flaps", "live members shown offline during the window"),
+            *([("etcd", "3 etcd members together, % of a core")] if with_etcd else []),
         ],
     )
-    rows = [measure(size, args.window) for size in sizes]
+    rows = [measure(size, args.window, args.state) for size in sizes]
     base = rows[0]["total"] if rows and rows[0]["nodes"] == 2 else None
 
     def pct(value: float | None) -> str:
@@ -167,6 +199,7 @@ def main() -> None:
                 "list": f"{row['list_ms']:.1f}",
                 "offline": f"{pct(row['offline_s'])} ({row['offline_after']:.0f})",
                 "flaps": row["flaps"],
+                **({"etcd": pct(row["etcd_total"])} if with_etcd else {}),
             }
         )
     exponent = fit_exponent([(r["nodes"], r["total"]) for r in rows if r["total"] is not None])

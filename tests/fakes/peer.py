@@ -22,6 +22,7 @@ class FakePeer:
         self.runs = RunState.STOPPED
         self.copies = False  # the receive task got disks to copy: it waits for the release
         self.released = False
+        self.refuses_handoff = False  # etcd refuses the target's swap: it never runs the VM
 
     def __enter__(self) -> FakePeer:
         return self
@@ -33,6 +34,8 @@ class FakePeer:
         if self.task["state"] == "running":
             if self.ends_as is not None and self.source.migration == MigrationState.ACTIVE:
                 self.task.update(state=self.ends_as, error="its QEMU died")
+            elif self.source.migration == MigrationState.COMPLETED and self.refuses_handoff:
+                self.task.update(state="failed", error="etcd refused the handoff")
             elif self.source.migration == MigrationState.COMPLETED and (
                 self.released or not self.copies
             ):

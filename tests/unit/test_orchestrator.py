@@ -331,3 +331,52 @@ def test_the_plan_adds_the_disk_copy_it_would_make(tmp_path: Path) -> None:
     assert answer["estimate"]["expected_s"] == pytest.approx(ram_s + 8 / 100, abs=0.02)
     allowed = desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="dst", with_local_disks=True))
     assert allowed["allowed"]
+
+
+def test_etcd_lost_mid_transfer_stops_before_the_switchover(rig: Rig) -> None:
+    rig.driver.script = [M.ACTIVE] * 1000
+    looks: list[str | None] = []
+
+    def require_state(doing: str, vm: str | None) -> None:
+        looks.append(vm)
+        if len(looks) > 2:  # asked, started, then lost during the transfer
+            raise ConflictError(f"cannot {doing}: the cluster state (etcd) is unavailable")
+
+    rig.services.require_state = require_state
+    with pytest.raises(MigrationFailed, match="etcd.*stopped before the switchover"):
+        rig.migrate()
+    assert looks[:2] == ["vm1", None]  # the start asks for the VM's owner; the watch does not
+    assert "target: POST /tasks/t1/cancel" in rig.calls
+    assert rig.source_state() == RunState.RUNNING
+    assert rig.vms.record("vm1").state == "running"
+
+
+def test_a_lost_swap_leaves_the_source_paused_unless_etcd_says_it_is_its_own(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, [M.SETUP, M.ACTIVE, M.COMPLETED])
+    rig.peer.refuses_handoff = True
+    rig.services.may_resume = lambda vm: (False, f"etcd says node9 owns {vm}")
+    with pytest.raises(MigrationFailed, match=r"src's copy stays paused \(etcd says node9 owns"):
+        rig.migrate()
+    assert "source: resume" not in rig.calls
+    assert rig.peer.runs == RunState.STOPPED  # the target never ran it
+    record = rig.vms.record("vm1")
+    assert record.owner == "src"
+    assert rig.source_state() != RunState.RUNNING
+    # The same refusal with etcd saying the VM is still the source's: it runs on there.
+    again = Rig(tmp_path / "again", [M.SETUP, M.ACTIVE, M.COMPLETED])
+    again.peer.refuses_handoff = True
+    again.services.may_resume = lambda _vm: (True, "etcd says this node owns it")
+    with pytest.raises(MigrationFailed, match="runs on src again"):
+        again.migrate()
+    assert again.source_state() == RunState.RUNNING
+
+
+def test_with_etcd_a_target_that_cannot_arrive_paused_is_refused(rig: Rig) -> None:
+    rig.services.handoff_in_etcd = True
+    rig.driver.arrives_paused = False
+    with pytest.raises(PreflightFailed, match=r"\[state-handoff\]"):
+        desk_of(rig, {}).start(MigrationOptions(vm="vm1", target="dst"), "cli@src")
+    rig.driver.arrives_paused = True
+    assert desk_of(rig, {}).plan(MigrationOptions(vm="vm1", target="dst"))["allowed"]

@@ -62,6 +62,7 @@ def migration_services(agent: NodeAgent) -> MigrationServices:
         members=lambda: [n.name for n in agent.registry.list()],
         require_state=agent.require_state,
         may_resume=agent.etcd.may_resume if agent.etcd is not None else lambda _vm: (True, ""),
+        handoff_in_etcd=agent.etcd is not None,
     )
 
 

@@ -278,6 +278,10 @@ class MigrationDriver(DiskCopyDriver, HypervisorDriver):
     # limit, auto-converge, post-copy, parallel streams, forcing completion, copying local
     # disks while the VM runs (disk_copy_contract.py).
     migration_features: frozenset[str] = ALL_MIGRATION_FEATURES
+    # The incoming VM waits, paused, until the target resumes it (QEMU's -S). Without it
+    # (bhyve: the receive resumes the VM itself) nothing can come between the stream's end
+    # and the VM running there, such as etcd's ownership swap.
+    arrives_paused: bool = True
 
     def option_refusals(
         self, *, postcopy: bool, channels: int, local_disks: bool = False

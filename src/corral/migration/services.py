@@ -47,6 +47,7 @@ class MigrationServices:
     # switchover. And whether this node may run its paused copy again after a failure.
     require_state: Callable[[str, str | None], None] = lambda _doing, _vm: None
     may_resume: Callable[[str], tuple[bool, str]] = lambda _vm: (True, "")
+    handoff_in_etcd: bool = False  # the target swaps the VM's ownership key before it runs
 
     @property
     def driver(self) -> MigrationDriver:

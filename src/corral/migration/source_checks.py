@@ -83,6 +83,15 @@ def _judge(
     refused = services.driver.option_refusals(
         postcopy=opts.postcopy, channels=opts.parallel, local_disks=opts.with_local_disks
     )
+    if services.handoff_in_etcd and not services.driver.arrives_paused:
+        refused.append(
+            (
+                "state-handoff",
+                f"with the state in etcd the VM's ownership moves before it runs on the target;"
+                f" {services.driver.name}'s receive runs it by itself, so it cannot migrate here"
+                " (use --state gossip on these nodes)",
+            )
+        )
     return reasons + [PreflightReason(code, text, services.node) for code, text in refused]
 
 

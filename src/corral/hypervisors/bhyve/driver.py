@@ -86,6 +86,7 @@ _TAP_LOCK = threading.Lock()  # choosing a free tap and creating it is one step
 class BhyveDriver(MigrationDriver):
     name = "bhyve"
     migration_features: frozenset[str] = frozenset()
+    arrives_paused = False  # the receiving bhyve goes on by itself when the stream ends
 
     def __init__(self, host: BhyveHost | None = None) -> None:
         self.host = host or BhyveHost()
