@@ -343,7 +343,7 @@ def test_etcd_lost_mid_transfer_stops_before_the_switchover(rig: Rig) -> None:
             raise ConflictError(f"cannot {doing}: the cluster state (etcd) is unavailable")
 
     rig.services.require_state = require_state
-    with pytest.raises(MigrationFailed, match="etcd.*stopped before the switchover"):
+    with pytest.raises(MigrationFailed, match=r"etcd.*stopped before the switchover"):
         rig.migrate()
     assert looks[:2] == ["vm1", None]  # the start asks for the VM's owner; the watch does not
     assert "target: POST /tasks/t1/cancel" in rig.calls
