@@ -83,7 +83,7 @@ def allow(access: Access) -> Any:
     """The dependency a route declares: refuses (403) any caller `access` does not allow,
     before the handler runs and before its body is looked at."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # no I/O: on the event loop, no thread hop
         caller = caller_of(request)
         if not access.allows(caller):
             raise AccessDenied(

@@ -206,11 +206,12 @@ def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
         return agent.facts()
 
     @app.post("/v1/heartbeat", tags=["node"], dependencies=member)
-    def heartbeat(body: HeartbeatMessage, request: Request) -> dict[str, Any]:
+    async def heartbeat(body: HeartbeatMessage, request: Request) -> dict[str, Any]:
         """A member's heartbeat: its facts' version and live numbers (its whole facts when
         asked for); the answer is this node's, with its whole facts only when the version
         the member holds is not the current one. From members only: the local CLI is no
-        node to be heard from."""
+        node to be heard from. (Answered on the event loop: a few small reads from memory
+        and SQLite, cheaper than the two thread hops a plain handler costs.)"""
         caller = caller_of(request)
         if caller.node is None:
             raise UserInputError("caller", "heartbeats come from members, over mutual TLS")

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 FACTS_REFRESH_S = 30.0
+LIVE_READ_S = 0.5  # the live numbers are read once per this, whatever asks
 LIVE_KEYS = ("memory_free_mib", "vm_count", "draining", "registry_version")
 
 
@@ -35,6 +37,7 @@ class FactsCache:
     ) -> None:
         self._compute, self._live = compute, live
         self._facts: dict[str, Any] | None = None
+        self._live_cache: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
     def refresh(self) -> dict[str, Any]:
@@ -54,9 +57,22 @@ class FactsCache:
         return {**kept, **self._live()}
 
     def live(self) -> dict[str, Any]:
-        """The version and the live numbers: what a heartbeat carries."""
+        """The version and the live numbers: what a heartbeat carries. Read at most every
+        LIVE_READ_S (one beat's heartbeats and answers share one read), or afresh after
+        `changed()`."""
+        now = time.monotonic()
         with self._lock:
-            kept = self._facts
+            kept, cached = self._facts, self._live_cache
+        if cached is not None and now - cached[0] < LIVE_READ_S and kept is not None:
+            return dict(cached[1])
         if kept is None:
             kept = self.refresh()
-        return {"facts_version": kept["facts_version"], **self._live()}
+        live = {"facts_version": kept["facts_version"], **self._live()}
+        with self._lock:
+            self._live_cache = (now, live)
+        return dict(live)
+
+    def changed(self) -> None:
+        """A live number changed here (maintenance, a VM): the next read is fresh."""
+        with self._lock:
+            self._live_cache = None

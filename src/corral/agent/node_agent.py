@@ -146,6 +146,7 @@ class NodeAgent:
     def note_own_facts(self) -> None:
         """Record this node's facts now (its maintenance flag changed): `node list` here
         shows it at once; peers see it at their next heartbeat, preflight at once."""
+        self.facts_cache.changed()
         if self.pki.member:
             self.registry.mark_seen(self.name, self.facts())
 
