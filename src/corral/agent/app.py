@@ -41,6 +41,7 @@ from corral.agent.http_guards import (
     API_BODY_LIMIT,
     JOIN_BODY_LIMIT,
     FixedCaller,
+    ForwardToMember,
     IdentifyMembers,
     LimitBody,
 )
@@ -51,7 +52,6 @@ from corral.agent.routes_migrations import migration_routes, runtime_routes
 from corral.agent.routes_vms import vm_routes
 from corral.agent.task_stream import MEDIA_TYPE, task_events
 from corral.api_errors import AccessDenied, error_body, status_for
-from corral.client import NODE_HEADER
 from corral.errors import CorralError, EnvironmentProblem, UserInputError
 from corral.model import NAME_PATTERN
 from corral.tasks.states import TaskState
@@ -124,12 +124,7 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
     )
     _install_error_handlers(app)
 
-    @app.middleware("http")
-    async def forward_to_member(request: Request, call_next: Any) -> Response:
-        target = request.headers.get(NODE_HEADER)
-        if not target or target == agent.name:
-            response: Response = await call_next(request)
-            return response
+    async def forward_to_member(request: Request, target: str) -> Response:
         if not caller_of(request).local:
             return JSONResponse(
                 error_body(AccessDenied("only a node's local CLI may have requests forwarded")),
@@ -173,7 +168,8 @@ def api_app(agent: NodeAgent, via: Via) -> FastAPI:
     runtime_routes(app, agent)
     maintenance_routes(app, agent, lambda request: _owner(request, agent))
     access_table(app)  # refuses to build an app with a route that says nobody may call it
-    # Outermost last: the body bound, then who is calling, then everything else.
+    # Outermost last: the body bound, then who is calling, then forwarding, then the rest.
+    app.add_middleware(ForwardToMember, here=agent.name, forward=forward_to_member)
     if via == "local":
         app.add_middleware(FixedCaller, caller=LOCAL)
     else:
@@ -206,7 +202,7 @@ def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
         return agent.facts()
 
     @app.post("/v1/heartbeat", tags=["node"], dependencies=member)
-    async def heartbeat(body: HeartbeatMessage, request: Request) -> dict[str, Any]:
+    async def heartbeat(body: HeartbeatMessage, request: Request) -> JSONResponse:
         """A member's heartbeat: its facts' version and live numbers (its whole facts when
         asked for); the answer is this node's, with its whole facts only when the version
         the member holds is not the current one. From members only: the local CLI is no
@@ -215,7 +211,9 @@ def _node_routes(app: FastAPI, agent: NodeAgent) -> None:
         caller = caller_of(request)
         if caller.node is None:
             raise UserInputError("caller", "heartbeats come from members, over mutual TLS")
-        return agent.answer_heartbeat(caller.node, body.model_dump())
+        # A Response as it is: FastAPI would otherwise walk the whole answer (every
+        # member's beat) through jsonable_encoder first.
+        return JSONResponse(agent.answer_heartbeat(caller.node, body.model_dump()))
 
     @app.get("/v1/cluster", tags=["cluster"], dependencies=member)
     def cluster() -> dict[str, Any]:

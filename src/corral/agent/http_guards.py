@@ -12,9 +12,12 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corral.agent.access import CALLER_KEY, Caller
+from corral.client import NODE_HEADER
 from corral.cluster.pki import der_fingerprint
 from corral.cluster.registry import NodeRegistry
 
@@ -78,7 +81,8 @@ class IdentifyMembers:
         member = None
         if isinstance(cert, bytes):
             fingerprint = der_fingerprint(cert)
-            member = await asyncio.to_thread(registry.by_fingerprint, fingerprint)
+            # Memory, after one small read (no thread hop): every heartbeat comes this way.
+            member = registry.member_by_fingerprint(fingerprint)
         if member is None:
             await _refuse(
                 send,
@@ -87,7 +91,7 @@ class IdentifyMembers:
                 "this certificate is not a current member's (removed, or never admitted)",
             )
             return
-        scope[CALLER_KEY] = Caller("peer", member.name, member.holds_ca)
+        scope[CALLER_KEY] = Caller("peer", member[0], member[1])
         await app(scope, receive, send)
 
 
@@ -152,3 +156,27 @@ class LimitBody:
             return await receive()
 
         await app(scope, replay, send)
+
+
+class ForwardToMember:
+    """A request naming another member (the NODE_HEADER, set by `--node`) is answered by
+    `forward` (the local CLI's only; app.py); every other request goes straight on. A plain
+    ASGI layer: starlette's `BaseHTTPMiddleware` would cost every request, heartbeats
+    included, a task group and two memory streams."""
+
+    def __init__(
+        self, app: Asgi, here: str, forward: Callable[[Request, str], Awaitable[Response]]
+    ) -> None:
+        self.app, self.here, self.forward = app, here, forward
+        self._header = NODE_HEADER.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == self._header), None
+            )
+            if target and target != self.here:
+                response = await self.forward(Request(scope, receive), target)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

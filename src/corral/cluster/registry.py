@@ -22,7 +22,8 @@ from typing import Any
 from corral.database import Database
 from corral.errors import ConflictError, NotFoundError
 
-ALIVE_WRITE_S = 10.0  # how often a member's liveness reaches the database
+MAX_PARSED = 256  # members whose parsed facts are kept (x4 before the cache is emptied)
+ALIVE_WRITE_S = 60.0  # how often a member's liveness reaches the database (for a restart)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class NodeRegistry:
         self._written: dict[str, float] = {}
         self._held: dict[str, tuple[str | None, bool, object]] = {}  # version, draining, VMs
         self._alive_lock = threading.Lock()
+        self._by_fingerprint: tuple[int, dict[str, tuple[str, bool]]] | None = None
+        self._parsed: dict[str, dict[str, Any]] = {}  # facts text -> parsed (_facts_of)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -101,6 +104,25 @@ class NodeRegistry:
         """The current member whose certificate has this fingerprint, if any."""
         rows = self.db.query("SELECT * FROM nodes WHERE fingerprint = ?", (fingerprint,))
         return self._record(rows[0]) if rows else None
+
+    def member_by_fingerprint(self, fingerprint: str) -> tuple[str, bool] | None:
+        """(name, holds the CA) of the current member with this certificate: what every
+        request over mutual TLS asks. One small read of the list's version; the members
+        are read again only when it moved (every change of the list bumps it in the same
+        transaction, so rows read between two equal versions are that version's)."""
+        version = self.version
+        cached = self._by_fingerprint
+        if cached is None or cached[0] != version:
+            rows = self.db.query("SELECT name, fingerprint, holds_ca FROM nodes")
+            table = {
+                str(r["fingerprint"]): (str(r["name"]), bool(r["holds_ca"]))
+                for r in rows
+                if r["fingerprint"]
+            }
+            if self.version != version:  # changed while reading: do not keep it
+                return table.get(fingerprint)
+            cached = self._by_fingerprint = (version, table)
+        return cached[1].get(fingerprint)
 
     def ca_holder(self) -> NodeRecord | None:
         rows = self.db.query("SELECT * FROM nodes WHERE holds_ca = 1")
@@ -324,8 +346,19 @@ class NodeRegistry:
         self._set_version(conn, version)
         return version
 
+    def _facts_of(self, text: str) -> dict[str, Any]:
+        """A member's facts as stored, parsed once per distinct text (they change rarely;
+        every heartbeat lists the members): a copy, so a caller may change it."""
+        parsed = self._parsed.get(text)
+        if parsed is None:
+            parsed = json.loads(text)
+            if len(self._parsed) > 4 * MAX_PARSED:
+                self._parsed.clear()
+            self._parsed[text] = parsed
+        return dict(parsed)
+
     def _record(self, row: Any) -> NodeRecord:
-        facts, last_seen, draining = json.loads(row["facts"]), row["last_seen"], row["draining"]
+        facts, last_seen, draining = self._facts_of(row["facts"]), row["last_seen"], row["draining"]
         with self._alive_lock:
             alive = self._alive.get(row["name"])
         if alive is not None and (last_seen is None or alive[0] > last_seen):

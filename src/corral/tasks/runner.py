@@ -103,7 +103,7 @@ class TaskRunner:
         kinds: dict[str, TaskKind],
         *,
         max_parallel: int = 2,
-        poll_interval: float = 0.5,
+        poll_interval: float = 2.0,  # a safety net: every submit and every end wakes it
     ) -> None:
         self.store = store
         self.kinds = kinds
