@@ -12,9 +12,11 @@ Every heartbeat interval, on the agent's heartbeat thread:
    node's records say it owns, if absent; never taken from another owner. A migration's
    target takes a key over with a compare-and-swap from the source's name (`claim_from`)
    before it resumes the VM.
-4. **The members' keys**: one small read of etcd's revision; the member and facts keys are
-   read again only when it moved. A member whose key is there is online; one whose key went
-   (its lease expired, or was revoked on removal) is offline at once, on every node.
+4. **The members' keys**: one small read of etcd's revision; when it moved, only the member
+   keys changed since (etcd's `min_mod_revision`) and their count (a key that went shows
+   there: then all are read again), and the facts of a member whose version changed. A
+   member whose key is there is online; one whose key went (its lease expired, or was
+   revoked on removal) is offline at once, on every node.
 
 A node that cannot reach etcd with a majority behind it stops renewing: after the TTL its
 keys are gone everywhere, and its own records age out here (nothing marks its peers alive).
@@ -31,7 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.cluster.etcd_store import EtcdStore, StateUnavailable, dumps, parse_endpoints
+from corral.cluster.etcd_store import (
+    Entry,
+    EtcdStore,
+    StateUnavailable,
+    dumps,
+    parse_endpoints,
+)
 from corral.cluster.pki import PkiPaths, fingerprint
 from corral.cluster.registry import NodeRegistry
 from corral.errors import ConflictError, NotFoundError
@@ -183,11 +191,7 @@ class EtcdMembership:
         if revision != self._revision:
             if self._was_removed(store):
                 return
-            _, entries = store.get_prefix("members/")
-            members: dict[str, dict[str, Any]] = {}
-            for entry in entries:
-                with contextlib.suppress(ValueError):
-                    members[entry.key.rsplit("/", 1)[1]] = json.loads(entry.value)
+            members = self._changed_members(store, revision)
             gone = set(self.state.members) - set(members)
             self.state.members = members
             self._revision = revision
@@ -198,6 +202,17 @@ class EtcdMembership:
         for name, member in self.state.members.items():
             with contextlib.suppress(NotFoundError):  # not (yet) in this node's member list
                 self.registry.mark_alive(name, dict(member.get("live") or {}))
+
+    def _changed_members(self, store: EtcdStore, revision: int) -> dict[str, dict[str, Any]]:
+        """The member keys as of now, reading only those changed since the last look (a
+        key or two, whatever the cluster's size). A member whose key went shows in the
+        count only: then (rarely: a lease ended) every key is read again."""
+        first = self._revision < 0
+        _, entries = store.get_prefix("members/", None if first else self._revision + 1)
+        members = _parsed(entries, {} if first else self.state.members)
+        if not first and store.count_prefix("members/") != len(members):
+            members = _parsed(store.get_prefix("members/")[1], {})
+        return members
 
     def _was_removed(self, store: EtcdStore) -> bool:
         """This node's certificate was removed from the cluster: it ends its lease (its keys
@@ -305,3 +320,12 @@ class EtcdMembership:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def _parsed(entries: list[Entry], known: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`known` members with these member keys read over them."""
+    members = dict(known)
+    for entry in entries:
+        with contextlib.suppress(ValueError):
+            members[entry.key.rsplit("/", 1)[1]] = json.loads(entry.value)
+    return members

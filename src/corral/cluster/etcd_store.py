@@ -130,11 +130,21 @@ class EtcdStore:
         kvs = answer.get("kvs") or []
         return _entry(kvs[0]) if kvs else None
 
-    def get_prefix(self, prefix: str) -> tuple[int, list[Entry]]:
-        """Every key under `prefix` and the revision they were read at."""
+    def get_prefix(self, prefix: str, since: int | None = None) -> tuple[int, list[Entry]]:
+        """Every key under `prefix` (only those changed at revision `since` or later, when
+        given) and the revision they were read at."""
         full = self.root + prefix
-        answer = self.call("/kv/range", {"key": _b64(full), "range_end": _prefix_end(full)})
+        body: dict[str, Any] = {"key": _b64(full), "range_end": _prefix_end(full)}
+        if since is not None:
+            body["min_mod_revision"] = since
+        answer = self.call("/kv/range", body)
         return int(answer["header"]["revision"]), [_entry(kv) for kv in answer.get("kvs") or []]
+
+    def count_prefix(self, prefix: str) -> int:
+        """How many keys there are under `prefix` (their count only: a few bytes)."""
+        full = self.root + prefix
+        body = {"key": _b64(full), "range_end": _prefix_end(full), "count_only": True}
+        return int(self.call("/kv/range", body).get("count", 0))
 
     def put(self, name: str, value: str, lease: int | None = None) -> None:
         body: dict[str, Any] = {"key": _b64(self.root + name), "value": _b64(value)}
