@@ -100,7 +100,8 @@ def test_etcd_state_needs_https_endpoints_and_its_lease_follows_the_offline_time
         {"node_name": "n1", "state": "etcd", "etcd_endpoints": ["https://10.0.0.9:2379"]},
         environ={"CORRAL_OFFLINE_AFTER": "4.5"},
     )
-    assert settings.lease_ttl == 5  # whole seconds, rounded up
+    assert settings.lease_ttl == 3  # two thirds of the offline time, in whole seconds
+    assert settings.beat_interval == 1.0  # three renewals a lease (the heartbeat is 2 s)
     assert AgentSettings(node_name="n1", heartbeat_interval=0.2).lease_ttl == 2  # etcd's least
     from_env = load_settings(
         None,

@@ -104,7 +104,7 @@ class AgentServer:
                 self.agent.heartbeat_once()
             except Exception:
                 log.exception("heartbeat failed")
-            self._heartbeat_stop.wait(self.agent.settings.heartbeat_interval)
+            self._heartbeat_stop.wait(self.agent.settings.beat_interval)
 
     def _facts(self) -> None:
         """Recompute this node's facts off the heartbeat path (probes, subprocesses)."""

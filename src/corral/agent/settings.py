@@ -28,7 +28,6 @@ Example `/etc/corral/agent.toml` (every key optional)::
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import tomllib
@@ -96,9 +95,19 @@ class AgentSettings(BaseModel):
 
     @property
     def lease_ttl(self) -> int:
-        """The etcd lease's TTL: the offline time, in whole seconds (etcd's unit), at least
-        2 (etcd's shortest with its default election timeout)."""
-        return max(2, math.ceil(self.offline_after))
+        """The etcd lease's TTL, in whole seconds (etcd's unit): two thirds of the offline
+        time, at least 2 (etcd's shortest with its default election timeout). A dead node's
+        lease ends within it, etcd notices within half a second, and the others read it at
+        their next beat (`beat_interval`): all within the offline time."""
+        return max(2, int(self.offline_after * 2 / 3))
+
+    @property
+    def beat_interval(self) -> float:
+        """How often the agent beats: its heartbeat interval; with etcd, also at least three
+        times per lease TTL (a renewal lost to a slow moment is not the lease lost)."""
+        if self.state == "etcd":
+            return min(self.heartbeat_interval, self.lease_ttl / 3)
+        return self.heartbeat_interval
 
     @model_validator(mode="before")
     @classmethod

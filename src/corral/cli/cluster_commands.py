@@ -49,14 +49,25 @@ def init_command(
 
 @cluster_app.command("status")
 def status_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
-    """Whether this node is in a cluster, and the cluster CA's fingerprint."""
+    """Whether this node is in a cluster, the cluster CA's fingerprint, and where the
+    cluster's state is agreed (gossip, or etcd: reachable, this node's lease)."""
     with agent_client(node) as client:
         status = client.get("/cluster")
     if json_out:
         print_json(status)
         return
+    state = status.pop("state", None) or {"mode": "gossip"}
     for key, value in status.items():
         console.print(f"{key:15} {value}")
+    if state.get("mode") != "etcd":
+        console.print(f"{'state':15} gossip (between the agents)")
+        return
+    health = "reachable" if state.get("reachable") else "UNREACHABLE"
+    lease = state.get("lease") if state.get("lease_alive") else "none alive"
+    console.print(f"{'state':15} etcd, {health}, lease {lease}")
+    console.print(f"{'etcd':15} {', '.join(state.get('endpoints') or [])}", markup=False)
+    if state.get("error"):
+        console.print(f"{'etcd error':15} {state['error']}", markup=False)
 
 
 @node_app.command("token")
