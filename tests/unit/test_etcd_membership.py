@@ -155,3 +155,30 @@ def test_a_removed_node_ends_its_lease_and_writes_nothing_more(pair: tuple[Node,
     n1.membership.tick()
     assert set(n1.membership.state.members) == {"n1"}
     assert owner(n1, "app") is None
+
+
+def test_a_new_vm_is_claimed_at_once_and_a_taken_name_is_refused(pair: tuple[Node, Node]) -> None:
+    n1, n2 = pair
+    n1.membership.tick()
+    n2.membership.tick()
+    n1.membership.claim_new("fresh")
+    assert owner(n1, "fresh") == "n1"
+    n1.membership.claim_new("fresh")  # its own already: fine
+    with pytest.raises(ConflictError, match="etcd says n1 owns a VM named 'fresh'"):
+        n2.membership.claim_new("fresh")
+
+
+def test_a_takeover_that_cannot_run_gives_the_vm_back_to_its_source(
+    pair: tuple[Node, Node],
+) -> None:
+    n1, n2 = pair
+    n1.vms = ["moved"]
+    n1.membership.tick()
+    n2.membership.tick()
+    n2.membership.claim_from("moved", "n1")
+    n2.membership.give_back("moved", "n1")
+    assert owner(n1, "moved") == "n1"
+    entry = n1.membership.store().get("vms/moved")
+    assert entry is not None
+    assert entry.lease == n1.membership.state.lease  # the source's lease again
+    assert n1.membership.may_resume("moved") == (True, "etcd says this node owns it")

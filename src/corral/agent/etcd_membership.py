@@ -269,6 +269,42 @@ class EtcdMembership:
             held = f"is owned by {entry.value}" if entry else "has no owner (its lease expired)"
         raise ConflictError(f"etcd refused the handoff of {vm}: it {held}, not {source}")
 
+    def claim_new(self, vm: str) -> None:
+        """A VM about to be created here: its key is made now (not at the next beat), so
+        two nodes creating one name at once cannot both have it.
+
+        :raise ConflictError: etcd says another node owns a VM of that name, or this node
+            holds no live lease.
+        :raise StateUnavailable: etcd cannot say."""
+        with self._lock:
+            store = self.store()
+            lease = self.state.lease
+            if lease is None or not self.lease_valid():
+                raise ConflictError(f"{self.name} holds no live etcd lease: it may not create {vm}")
+            if store.create(f"vms/{vm}", self.name, lease):
+                self._claimed[vm] = lease
+                return
+            entry = store.get(f"vms/{vm}")
+        if entry is not None and entry.value != self.name:
+            raise ConflictError(f"etcd says {entry.value} owns a VM named {vm!r}")
+
+    def give_back(self, vm: str, source: str) -> None:
+        """Undo `claim_from` (the VM could not run here after all): the key names the
+        source again, attached to the source's lease as its member key says. Best effort:
+        `corral migrate VM --recover` on the source settles what it could not."""
+        with self._lock:
+            try:
+                store = self.store()
+                member = store.get(f"members/{source}")
+                lease = int(json.loads(member.value).get("lease", 0)) if member else 0
+                if lease and store.swap(f"vms/{vm}", self.name, source, lease):
+                    self._claimed.pop(vm, None)
+                    return
+            except (StateUnavailable, ValueError) as exc:
+                log.warning("etcd: could not give %s back to %s: %s", vm, source, exc)
+                return
+        log.warning("etcd: could not give %s back to %s (its lease is gone)", vm, source)
+
     def may_resume(self, vm: str) -> tuple[bool, str]:
         """Whether this node may run its own copy of `vm` again (after a failed migration):
         etcd says this node owns it; or etcd cannot be asked, and this node's lease is alive

@@ -98,6 +98,7 @@ def receiver_services(agent: NodeAgent) -> ReceiverServices:
         tls=tls_files(agent),
         releases=agent.releases,
         claim=agent.etcd.claim_from if agent.etcd is not None else None,
+        give_back=agent.etcd.give_back if agent.etcd is not None else None,
     )
 
 

@@ -49,7 +49,7 @@ from corral.model import VmSpec
 from corral.tasks.runner import TaskKind, TaskRunner
 from corral.tasks.store import TaskStore
 from corral.vms.host_paths import check_host_paths, request_paths, spec_paths
-from corral.vms.inventory import VmInventory
+from corral.vms.inventory import VmInventory, VmRecord
 from corral.vms.service import VmService
 from corral.vms.specs import VmRequest
 
@@ -549,6 +549,21 @@ class NodeAgent:
             owner = self.etcd.owner(vm)
             if owner not in (None, self.name):
                 raise ConflictError(f"cannot {doing}: etcd says {owner} owns {vm}")
+
+    def create_vm(self, request: VmRequest) -> VmRecord:
+        """Define a VM here. With etcd, its ownership key is made first (ConflictError when
+        etcd cannot agree or another node owns the name), and removed if the creation fails:
+        two nodes creating one name at once cannot both have it."""
+        if self.etcd is None:
+            return self.vms.create(request)
+        self.etcd.require_healthy(f"create {request.name}")
+        self.etcd.claim_new(request.name)
+        try:
+            return self.vms.create(request)
+        except BaseException:
+            with contextlib.suppress(CorralError):
+                self.etcd.store().delete_if(f"vms/{request.name}", self.name)
+            raise
 
     def _follow_ca_holder(self) -> None:
         """etcd mode: the CA holder's member list is newer (its member key says): fetch it."""

@@ -40,8 +40,7 @@ def vm_routes(app: FastAPI, agent: NodeAgent, owner_of: Any) -> None:
         may name them."""
         agent.check_vm_request(body, from_peer=not caller_of(request).local)
         agent.require_name_free(body.name)
-        agent.require_state(f"create {body.name}")
-        return vms.describe(vms.create(body))
+        return vms.describe(agent.create_vm(body))
 
     @app.post("/v1/placement", tags=["vms"], dependencies=LOCAL)
     def place_new_vm(body: VmRequest) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ class ReceiverServices:
     # compare-and-swap) before it resumes here; raises when the swap is refused or cannot
     # be made, and the VM is then given up here (agent/etcd_membership.py).
     claim: Callable[[str, str], None] | None = None
+    give_back: Callable[[str, str], None] | None = None  # undo `claim` (it could not run here)
 
     @property
     def driver(self) -> MigrationDriver:
@@ -225,7 +226,12 @@ def _take_over(
             raise ConflictError(f"not resumed here: {exc.message}") from exc
         ctx.log(f"etcd: {spec.name} is now owned by {services.node}")
     if args.disks or services.claim is not None:
-        services.driver.resume(layout)
+        try:
+            services.driver.resume(layout)
+        except BaseException:
+            if services.give_back is not None:  # it never ran here: the source's again
+                services.give_back(spec.name, args.source)
+            raise
 
 
 def recover_receiver(services: ReceiverServices, task: Task) -> str | None:
