@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from corral import unix_http
 from corral.commands import run
 from corral.lab import agents, etcd, netns
 from corral.lab.image import GuestImage
@@ -122,6 +123,11 @@ def test_membership_and_vm_ownership_live_in_etcd(lab: LabPlan, guest_image: Gue
         assert state["endpoints"] == lab.etcd_endpoints
     assert online(node1) == {"node1": True, "node2": True}
     assert set(keys(lab, "members/")) == {"members/node1", "members/node2"}
+    scraped = unix_http.request(
+        agents.agent_socket(node1), "GET", "/metrics", body=None, headers={}, timeout=30
+    ).body.decode()
+    assert "corral_etcd_reachable 1.0" in scraped
+    assert "corral_etcd_lease_alive 1.0" in scraped
     facts = json.loads(keys(lab, "facts/")["facts/node2"])
     assert facts["hypervisor"] == "qemu"
     boot(lab, guest_image, node1, "e1")

@@ -266,6 +266,20 @@ class NodeCollector(Collector):
             online.add_metric([node.name], int(node.online(now, agent.settings.offline_after)))
         yield age
         yield online
+        if agent.etcd is not None:  # --state etcd: whether this node can agree, and its lease
+            state = agent.etcd.state
+            reachable = GaugeMetricFamily(
+                "corral_etcd_reachable",
+                "1 when this node's last look at etcd found a majority (--state etcd).",
+            )
+            reachable.add_metric([], int(state.reachable))
+            lease = GaugeMetricFamily(
+                "corral_etcd_lease_alive",
+                "1 while this node's etcd lease is alive by its own clock (--state etcd).",
+            )
+            lease.add_metric([], int(agent.etcd.lease_valid()))
+            yield reachable
+            yield lease
 
 
 def node_registry(agent: NodeAgent) -> CollectorRegistry:
