@@ -224,6 +224,10 @@ def test_a_node_cut_off_from_etcd_goes_offline_and_nothing_runs_twice(lab: LabPl
         assert listed["e1"] == ("node1", "unknown")
         assert observed(node2, "e1") == "stopped"
         assert observed(node1, "e1") == "running"  # a cut-off node does not kill its VMs
+        # Nor can a second e1 be made on node2 while node1's cannot be asked.
+        twin = corral(node2, "vm", "create", "e1", "--memory", "64", "--disk", "8")
+        assert twin.returncode == 4, twin.stderr
+        assert "already has its config at" in twin.stderr
         # node1 itself starts nothing new without etcd.
         refused = corral(node1, "vm", "create", "e3", "--memory", "64", "--disk", "8")
         assert refused.returncode == 4, refused.stderr

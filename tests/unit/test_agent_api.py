@@ -85,3 +85,17 @@ def test_init_makes_this_node_the_first_member(api: TestClient, agent: NodeAgent
     assert again.status_code == 409
     token = api.post("/v1/cluster/tokens", json={"ttl_seconds": 60}).json()["token"]
     assert token.endswith(status["ca_fingerprint"])
+
+
+def test_a_name_whose_config_is_on_the_shared_storage_is_refused_and_kept(
+    api: TestClient, agent: NodeAgent
+) -> None:
+    # Another node's VM (on shared storage), not in this node's records.
+    spec_file = agent.dirs.spec_file("taken")
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text('{"name": "taken"}\n')
+    answer = api.post("/v1/vms", json={"name": "taken", "memory_mib": 64})
+    assert answer.status_code == 409, answer.text
+    assert "already has its config at" in answer.json()["error"]["message"]
+    assert spec_file.read_text() == '{"name": "taken"}\n'  # untouched
+    assert api.get("/v1/vms/taken?here=true").status_code == 404

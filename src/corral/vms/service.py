@@ -237,6 +237,15 @@ class VmService:
             raise ConflictError(f"a VM named {request.name!r} already exists")
         except NotFoundError:
             pass
+        existing = self.dirs.spec_file(request.name)
+        if existing.exists():
+            # A VM of that name has its config here already: on shared storage, another
+            # node's (perhaps one that is offline now, whose VM may still run), or one left
+            # over. A second VM of the name would share its config and disks.
+            raise ConflictError(
+                f"a VM named {request.name!r} already has its config at {existing} (another"
+                " node's VM on shared storage, or one left over): choose another name"
+            )
         spec = resolve(request, self.dirs)
         created = [d.path for d in spec.disks if d.size_mib is not None and not d.path.exists()]
         try:
