@@ -207,6 +207,15 @@ def main() -> None:
         "fitted exponent of the total: "
         + ("missing" if exponent is None else f"{exponent:.2f} (1 is linear, 2 quadratic)")
     )
+    for low in (4, 8):  # above the full mesh (up to 4 nodes every agent reaches every peer)
+        part = [
+            (r["nodes"], r["total"]) for r in rows if r["total"] is not None and r["nodes"] >= low
+        ]
+        if len(part) >= 2:
+            k = fit_exponent(part)
+            result.notes.append(
+                f"fitted exponent from {low} nodes up: " + ("missing" if k is None else f"{k:.2f}")
+            )
     result.notes.append(f"idle window {args.window:.0f} s per size; heartbeat 1 s")
     result.raw = {"rows": rows, "exponent": exponent}
     result.write(command_line())
