@@ -113,6 +113,28 @@ def restart_etcd(lab: LabPlan, *which: etcd.EtcdMember) -> None:
         )
 
 
+def migrating(
+    node: LabNode, vm: str, target: str, bandwidth: int
+) -> tuple[threading.Thread, dict[str, subprocess.CompletedProcess[str]]]:
+    """`corral migrate` throttled, in the background, returned once its transfer has sent
+    something: the thread, and where its outcome will be."""
+    holder: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def background() -> None:
+        holder["out"] = corral(node, "migrate", vm, target, "--bandwidth", str(bandwidth), "--json")
+
+    thread = threading.Thread(target=background)
+    thread.start()
+
+    def transferring() -> bool:
+        tasks = corral_json(node, "task", "list")
+        send = [t for t in tasks if t["kind"] == "migration.send" and t["state"] == "running"]
+        return bool(send) and send[0]["progress"].get("done", 0) > 0
+
+    wait_for(transferring, timeout=60, what="the transfer to start")
+    return thread, holder
+
+
 def test_membership_and_vm_ownership_live_in_etcd(lab: LabPlan, guest_image: GuestImage) -> None:
     node1 = lab.nodes[0]
     for node in lab.nodes:
@@ -169,20 +191,7 @@ def test_one_etcd_member_killed_changes_nothing(lab: LabPlan) -> None:
 
 def test_majority_lost_mid_migration_aborts_before_switchover(lab: LabPlan) -> None:
     node1, node2 = lab.nodes
-    holder: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def background() -> None:
-        holder["out"] = corral(node1, "migrate", "e1", "node2", "--bandwidth", "1", "--json")
-
-    thread = threading.Thread(target=background)
-    thread.start()
-
-    def transferring() -> bool:
-        tasks = corral_json(node1, "task", "list")
-        send = [t for t in tasks if t["kind"] == "migration.send" and t["state"] == "running"]
-        return bool(send) and send[0]["progress"].get("done", 0) > 0
-
-    wait_for(transferring, timeout=60, what="the transfer to start")
+    thread, holder = migrating(node1, "e1", "node2", bandwidth=1)
     lost = members(lab)[1:]
     for member in lost:
         etcd.stop(member)
@@ -246,20 +255,7 @@ def test_a_node_cut_off_from_etcd_goes_offline_and_nothing_runs_twice(lab: LabPl
 
 def test_a_target_that_loses_the_swap_never_runs_the_vm(lab: LabPlan) -> None:
     node1, node2 = lab.nodes
-    holder: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def background() -> None:
-        holder["out"] = corral(node1, "migrate", "e1", "node2", "--bandwidth", "2", "--json")
-
-    thread = threading.Thread(target=background)
-    thread.start()
-
-    def transferring() -> bool:
-        tasks = corral_json(node1, "task", "list")
-        send = [t for t in tasks if t["kind"] == "migration.send" and t["state"] == "running"]
-        return bool(send) and send[0]["progress"].get("done", 0) > 0
-
-    wait_for(transferring, timeout=60, what="the transfer to start")
+    thread, holder = migrating(node1, "e1", "node2", bandwidth=2)
     # Meanwhile etcd comes to say another node owns e1 (as after a fenced failover).
     assert keys(lab, "vms/e1", "node9") == {"vms/e1": "node9"}
     thread.join(timeout=300)

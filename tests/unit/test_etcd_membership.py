@@ -4,7 +4,6 @@ when a source may run its copy again, and a removed node leaving etcd."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,15 @@ from corral.cluster.registry import Member, NodeRegistry
 from corral.database import Database
 from corral.errors import ConflictError
 from corral.lab import etcd
+from tests.etcd_server import free_port, loopback_etcd
 
 pytestmark = pytest.mark.skipif(not etcd.ETCD.exists(), reason="etcd-server is not installed")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[etcd.EtcdMember, ClusterCA]]:
-    root = tmp_path_factory.mktemp("etcd-membership")
-    ca = ClusterCA.create(PkiPaths(root / "ca"), "test")
-    member = etcd.EtcdMember(
-        "etcd1", "127.0.0.1", root / "etcd1", client_port=_port(), peer_port=_port()
-    )
-    etcd.start_cluster([member], ca, "test")
-    yield member, ca
-    etcd.stop(member)
+    with loopback_etcd(tmp_path_factory.mktemp("etcd-membership")) as (member, ca, _):
+        yield member, ca
 
 
 class Node:
@@ -126,7 +114,7 @@ def test_a_source_resumes_only_while_etcd_or_its_own_lease_says_it_may(
     assert n1.membership.may_resume("db") == (True, "etcd says this node owns it")
     # etcd unreachable: only while this node's lease is alive by its own clock.
     n1.membership._store = None
-    n1.membership.endpoints = [("127.0.0.1", _port())]
+    n1.membership.endpoints = [("127.0.0.1", free_port())]
     allowed, why = n1.membership.may_resume("db")
     assert allowed
     assert "lease is still alive" in why

@@ -4,7 +4,6 @@ etcd is gone."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,28 +14,15 @@ from corral.cluster.pki import ClusterCA, PkiPaths
 from corral.errors import UserInputError
 from corral.lab import etcd
 from corral.waiting import wait_for
+from tests.etcd_server import free_port, loopback_etcd
 
 pytestmark = pytest.mark.skipif(not etcd.ETCD.exists(), reason="etcd-server is not installed")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[etcd.EtcdMember, PkiPaths]]:
-    root = tmp_path_factory.mktemp("etcd")
-    paths = PkiPaths(root / "pki")
-    ca = ClusterCA.create(paths, "test")
-    ca.issue_node(paths, "node1", "127.0.0.1")
-    member = etcd.EtcdMember(
-        "etcd1", "127.0.0.1", root / "etcd1", client_port=_port(), peer_port=_port()
-    )
-    etcd.start_cluster([member], ca, "test")
-    yield member, paths
-    etcd.stop(member)
+    with loopback_etcd(tmp_path_factory.mktemp("etcd")) as (member, _, paths):
+        yield member, paths
 
 
 def store_of(
@@ -47,7 +33,7 @@ def store_of(
     return EtcdStore(endpoints, paths.ca_cert, paths.node_cert, paths.node_key, prefix, 1.0)
 
 
-def test_endpoints_must_be_https_host_port() -> None:
+def test_endpoints_must_be_https_hostfree_port() -> None:
     assert parse_endpoints("https://10.0.0.1:2379, https://[::1]:2380") == [
         ("10.0.0.1", 2379),
         ("::1", 2380),
@@ -109,7 +95,7 @@ def test_a_lease_that_expires_or_is_revoked_takes_its_keys(
 
 def test_an_unreachable_endpoint_is_passed_over(cluster: tuple[etcd.EtcdMember, PkiPaths]) -> None:
     member, _ = cluster
-    store = store_of(cluster, f"https://127.0.0.1:{_port()},{member.client_url}", "over")
+    store = store_of(cluster, f"https://127.0.0.1:{free_port()},{member.client_url}", "over")
     store.put("k", "v")
     assert store.get("k").value == "v"  # type: ignore[union-attr]
 
@@ -117,7 +103,7 @@ def test_an_unreachable_endpoint_is_passed_over(cluster: tuple[etcd.EtcdMember, 
 def test_etcd_gone_is_state_unavailable_naming_each_endpoint(
     cluster: tuple[etcd.EtcdMember, PkiPaths], tmp_path: Path
 ) -> None:
-    port = _port()
+    port = free_port()
     store = store_of(cluster, f"https://127.0.0.1:{port}", "gone")
     with pytest.raises(StateUnavailable, match=f"127.0.0.1:{port}"):
         store.get("k")
