@@ -110,9 +110,7 @@ class NodeAgent:
                 settings.lease_ttl,
                 self.pki,
                 self.registry,
-                owned_vms=lambda: [
-                    r.name for r in self.vms.inventory.all() if r.owner == self.name
-                ],
+                owned_vms=lambda: self.vms.inventory.names_owned_by(self.name),
                 live=self.facts_cache.live,
                 full_facts=self.facts_cache.full,
             )

@@ -60,6 +60,11 @@ class VmInventory:
     def all(self) -> list[VmRecord]:
         return [self._record(r) for r in self.db.query("SELECT * FROM vms ORDER BY name")]
 
+    def names_owned_by(self, node: str) -> list[str]:
+        """The names of the VMs this node's records say `node` owns (no spec is parsed)."""
+        rows = self.db.query("SELECT name FROM vms WHERE owner = ? ORDER BY name", (node,))
+        return [str(r[0]) for r in rows]
+
     def count_owned_by(self, node: str) -> int:
         """How many VMs this node's records say `node` owns."""
         rows = self.db.query("SELECT COUNT(*) FROM vms WHERE owner = ?", (node,))
