@@ -15,8 +15,8 @@ def agent_command(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML settings file [env CORRAL_CONFIG, default "
-            "/etc/corral/agent.toml if present].",
+            help="TOML settings file (env CORRAL_CONFIG; default "
+            "/etc/corral/agent.toml if present).",
             show_default=False,
         ),
     ] = None,
@@ -24,26 +24,26 @@ def agent_command(
     address: Annotated[
         str | None, typer.Option(help="Address peers reach this agent at (and it listens on).")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="mTLS API port [4710].")] = None,
-    join_port: Annotated[int | None, typer.Option(help="Join port [4711].")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="[/var/lib/corral]")] = None,
-    storage_dir: Annotated[Path | None, typer.Option(help="[/var/lib/corral/storage]")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="[/run/corral]")] = None,
+    api_port: Annotated[int | None, typer.Option(help="mTLS API port (4710).")] = None,
+    join_port: Annotated[int | None, typer.Option(help="Join port (4711).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="(/var/lib/corral)")] = None,
+    storage_dir: Annotated[Path | None, typer.Option(help="(/var/lib/corral/storage)")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="(/run/corral)")] = None,
     hypervisor: Annotated[
         str | None,
-        typer.Option(help="qemu, bhyve, or auto: bhyve on FreeBSD, QEMU elsewhere [auto]."),
+        typer.Option(help="qemu, bhyve, or auto: bhyve on FreeBSD, QEMU elsewhere (auto)."),
     ] = None,
-    max_parallel_tasks: Annotated[int | None, typer.Option(help="Tasks run at once [2].")] = None,
-    heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds [2].")] = None,
+    max_parallel_tasks: Annotated[int | None, typer.Option(help="Tasks run at once (2).")] = None,
+    heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds (2).")] = None,
     offline_after: Annotated[
-        float | None, typer.Option(help="Seconds without news before a peer is offline [3 beats].")
+        float | None, typer.Option(help="Seconds without news before a peer is offline (3 beats).")
     ] = None,
     state: Annotated[
         str | None,
         typer.Option(
             help="Where membership, online state and VM ownership are agreed: gossip (between"
             " the agents, no other component) or etcd (past a rack; needs --etcd-endpoints)"
-            " [gossip].",
+            " (default: gossip).",
         ),
     ] = None,
     etcd_endpoints: Annotated[

@@ -27,7 +27,7 @@ RootOption = Annotated[
     Path | None,
     typer.Option(
         "--root",
-        help="Lab state and storage directory [env CORRAL_LAB_ROOT, default /var/lib/corral-lab].",
+        help="Lab state and storage directory (env CORRAL_LAB_ROOT, default /var/lib/corral-lab).",
         show_default=False,
     ),
 ]

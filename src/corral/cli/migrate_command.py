@@ -241,7 +241,7 @@ def migrate_command(
     ] = True,
     timeout: Annotated[
         float | None,
-        typer.Option(help="Completion timeout in s [120 per GiB of RAM, at least 60]."),
+        typer.Option(help="Completion timeout in s (120 per GiB of RAM, at least 60)."),
     ] = None,
     on_timeout: Annotated[str, typer.Option(help="abort or force.")] = "abort",
     insecure: Annotated[bool, typer.Option(help="Send memory (and disks) without TLS.")] = False,

@@ -97,13 +97,13 @@ def create_command(
     spec: Annotated[
         Path | None, typer.Option(help="A TOML spec file (see docs/vm-spec.md).")
     ] = None,
-    memory: Annotated[int | None, typer.Option(help="Memory in MiB [256].")] = None,
-    cpus: Annotated[int | None, typer.Option(help="vCPUs [1, or sockets*cores*threads].")] = None,
+    memory: Annotated[int | None, typer.Option(help="Memory in MiB (256).")] = None,
+    cpus: Annotated[int | None, typer.Option(help="vCPUs (1, or sockets*cores*threads).")] = None,
     sockets: Annotated[int | None, typer.Option(help="CPU sockets.")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores per socket.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per core.")] = None,
-    cpu_model: Annotated[str | None, typer.Option(help="A named CPU model [qemu64].")] = None,
-    machine: Annotated[str | None, typer.Option(help="Machine type [pc-q35-7.2].")] = None,
+    cpu_model: Annotated[str | None, typer.Option(help="A named CPU model (qemu64).")] = None,
+    machine: Annotated[str | None, typer.Option(help="Machine type (pc-q35-7.2).")] = None,
     disk: Annotated[
         list[int] | None, typer.Option(help="A new qcow2 disk of this many MiB.")
     ] = None,
@@ -322,7 +322,7 @@ def delete_command(
 @checkpoint_app.command("create")
 def checkpoint_create(
     vm: VmArg,
-    name: Annotated[str | None, typer.Option(help="Its name [ckpt-DATE-TIME].")] = None,
+    name: Annotated[str | None, typer.Option(help="Its name (ckpt-DATE-TIME).")] = None,
     suspend: Annotated[bool, typer.Option(help="Stop the VM once saved.")] = False,
     node: NodeOption = None,
     no_wait: NoWait = False,
