@@ -12,10 +12,11 @@ from rich.table import Table
 from corral import config
 from corral.cli.output import console, print_json
 from corral.errors import NotFoundError, UserInputError
+from corral.lab import etcd
 from corral.lab.agents import agent_pid, agent_socket, form_cluster
 from corral.lab.image import GuestImageBuilder
 from corral.lab.lifecycle import lab_down, lab_status, lab_up, load_plan, require_root
-from corral.lab.plan import LabConfig
+from corral.lab.plan import LabConfig, LabPlan
 
 lab_app = typer.Typer(
     help="A whole cluster on this machine, in network namespaces, for demos and tests.",
@@ -120,6 +121,11 @@ def down_command(root: RootOption = None) -> None:
         console.print("no lab is up")
 
 
+def etcd_members(plan: LabPlan) -> list[tuple[etcd.EtcdMember, bool]]:
+    """The lab's etcd members (`--state etcd`) and whether each runs."""
+    return [(m, etcd.running(m)) for m in etcd.lab_members(plan)]
+
+
 @lab_app.command("status")
 def status_command(root: RootOption = None, json_out: JsonOption = False) -> None:
     """Show the lab's nodes, networks and whether each part exists."""
@@ -149,6 +155,10 @@ def status_command(root: RootOption = None, json_out: JsonOption = False) -> Non
                     for n in plan.nodes
                 ],
                 "shared_dir": str(plan.shared_dir),
+                "etcd": [
+                    {"name": m.name, "netns": m.netns, "url": m.client_url, "running": running}
+                    for m, running in etcd_members(plan)
+                ],
                 "links": [
                     {"netns": ln.netns, "name": ln.name, "present": ln.present, "up": ln.up}
                     for ln in status.links
@@ -173,6 +183,9 @@ def status_command(root: RootOption = None, json_out: JsonOption = False) -> Non
     console.print(table)
     console.print(f"client   {plan.client_netns} {plan.client_address}")
     console.print(f"shared   {plan.shared_dir}")
+    for member, running in etcd_members(plan):
+        state = "[green]running[/]" if running else "[red]not running[/]"
+        console.print(f"etcd     {member.name} {member.client_url} {state}")
     broken = [f"{ln.netns}/{ln.name}" for ln in status.links if not (ln.present and ln.up)]
     if broken:
         console.print(f"[red]links missing or down:[/] {', '.join(broken)}")
