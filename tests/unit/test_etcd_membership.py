@@ -4,6 +4,7 @@ when a source may run its copy again, and a removed node leaving etcd."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Node:
         self.membership = EtcdMembership(
             name,
             (member.client_url,),
-            2,
+            4,  # the lease TTL: longer than a failed call takes (RETRY_FOR)
             self.pki,
             self.registry,
             owned_vms=lambda: list(self.vms),
@@ -122,7 +123,13 @@ def test_a_source_resumes_only_while_etcd_or_its_own_lease_says_it_may(
     allowed, why = n1.membership.may_resume("db")
     assert not allowed
     assert "lease expired" in why
-    n1.membership.tick()  # and nothing new starts
+    n1.membership.state.renewed = n1.membership.state.ok_at = time.monotonic()
+    n1.membership.tick()  # one failed look (an election, say) is not etcd lost
+    assert n1.membership.state.reachable
+    n1.membership.require_healthy("create x")
+    n1.membership.state.ok_at -= 10  # no look succeeded for longer than half a lease
+    n1.membership.state.renewed -= 10
+    n1.membership.tick()  # and then nothing new starts
     assert not n1.membership.state.reachable
     with pytest.raises(ConflictError, match="the cluster state \\(etcd\\) is unavailable"):
         n1.membership.require_healthy("create x")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.cluster.etcd_store import (
+    RETRY_FOR,
     Entry,
     EtcdStore,
     StateUnavailable,
@@ -64,6 +65,7 @@ class EtcdState:
     error: str | None = None
     lease: int | None = None
     renewed: float = 0.0  # monotonic time of the last successful grant or renewal
+    ok_at: float = 0.0  # monotonic time of the last look at etcd that fully succeeded
     members: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> member key
 
 
@@ -131,10 +133,17 @@ class EtcdMembership:
                 self._read_members(store)
                 if not self.removed:
                     self.state.reachable, self.state.error = True, None
+                    self.state.ok_at = time.monotonic()
             except StateUnavailable as exc:
-                if self.state.reachable or self.state.error is None:
+                # One failed look is not etcd lost: a leader's election (one member killed)
+                # fails requests for about a second. Unreachable once no look succeeded for
+                # half a lease plus the store's retries (the lease itself outlives an
+                # election: etcd extends leases when a new leader takes over).
+                if self.state.error is None:
                     log.warning("etcd: %s", exc)
-                self.state.reachable, self.state.error = False, str(exc)
+                self.state.error = str(exc)
+                grace = self.ttl / 2 + RETRY_FOR
+                self.state.reachable = time.monotonic() - self.state.ok_at < grace
 
     def _keep_lease(self, store: EtcdStore) -> int | None:
         """This node's live lease (renewed, or new); None when it was removed."""
@@ -323,9 +332,10 @@ class EtcdMembership:
     def require_healthy(self, doing: str) -> None:
         """:raise ConflictError: etcd cannot agree now (no majority, or no lease here):
         nothing new may start."""
-        if not self.state.reachable or not self.lease_valid():
-            why = self.state.error or "this node holds no live lease"
-            raise ConflictError(f"cannot {doing}: the cluster state (etcd) is unavailable: {why}")
+        if self.state.reachable and self.lease_valid():
+            return  # (also within the grace after one failed look: an election, say)
+        why = self.state.error or "this node holds no live lease"
+        raise ConflictError(f"cannot {doing}: the cluster state (etcd) is unavailable: {why}")
 
     def revoke_member(self, name: str, fingerprint: str | None) -> None:
         """A removed member: its lease ends, so its member key and every VM key it held go;

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from corral.errors import ConflictError
 __all__ = ["Entry", "EtcdStore", "StateUnavailable", "parse_endpoints"]
 
 REQUEST_TIMEOUT = 2.0  # one request to one endpoint
+RETRY_FOR = 1.5  # every endpoint failed: try them again for this long (an election)
+RETRY_PAUSE = 0.25
 
 
 class StateUnavailable(ConflictError):
@@ -97,22 +100,30 @@ class EtcdStore:
 
         :raise StateUnavailable: none answered (down, or without a leader).
         """
-        with self._lock:
-            first = self._first
-        errors: list[str] = []
-        n = len(self._clients)
-        for i in range(n):
-            index = (first + i) % n
-            client = self._clients[index]
-            try:
-                answer = client.post(client.get_url(path), json=body)
-            except (Etcd3Exception, requests.RequestException, OSError, ValueError) as exc:
-                errors.append(f"{client.host}:{client.port}: {_short(exc)}")
-                continue
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
             with self._lock:
-                self._first = index
-            return dict(answer)
-        raise StateUnavailable("etcd is unreachable or has no majority (" + "; ".join(errors) + ")")
+                first = self._first
+            errors: list[str] = []
+            n = len(self._clients)
+            for i in range(n):
+                index = (first + i) % n
+                client = self._clients[index]
+                try:
+                    answer = client.post(client.get_url(path), json=body)
+                except (Etcd3Exception, requests.RequestException, OSError, ValueError) as exc:
+                    errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                    continue
+                with self._lock:
+                    self._first = index
+                return dict(answer)
+            # Every endpoint failed: an election (a member lost) is over within about a
+            # second; a lost majority is not, and is said after RETRY_FOR.
+            if time.monotonic() >= deadline:
+                raise StateUnavailable(
+                    "etcd is unreachable or has no majority (" + "; ".join(errors) + ")"
+                )
+            time.sleep(RETRY_PAUSE)
 
     def close(self) -> None:
         for client in self._clients:
