@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import hostos
+from corral.commands import pid_alive
 from corral.hypervisors.base import VmLayout
 
 
@@ -68,9 +69,7 @@ class Runtime:
             pid = int(self.path(name).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        # One look: a process gone has no command line, a zombie's is empty (Linux) or
-        # "<defunct>" (FreeBSD's ps), so the marker alone says it runs (one ps, not two).
-        return pid if marker and marker in cmdline(pid) else None
+        return pid if pid_alive(pid) and marker in cmdline(pid) else None
 
     def supervisor_pid(self) -> int | None:
         return self._pid("supervisor.pid", str(self.dir))
