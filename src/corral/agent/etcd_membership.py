@@ -200,7 +200,7 @@ class EtcdMembership:
         if revision != self._revision:
             if self._was_removed(store):
                 return
-            members = self._changed_members(store, revision)
+            members = self._changed_members(store)
             gone = set(self.state.members) - set(members)
             self.state.members = members
             self._revision = revision
@@ -212,7 +212,7 @@ class EtcdMembership:
             with contextlib.suppress(NotFoundError):  # not (yet) in this node's member list
                 self.registry.mark_alive(name, dict(member.get("live") or {}))
 
-    def _changed_members(self, store: EtcdStore, revision: int) -> dict[str, dict[str, Any]]:
+    def _changed_members(self, store: EtcdStore) -> dict[str, dict[str, Any]]:
         """The member keys as of now, reading only those changed since the last look (a
         key or two, whatever the cluster's size). A member whose key went shows in the
         count only: then (rarely: a lease ended) every key is read again."""
@@ -296,6 +296,13 @@ class EtcdMembership:
             entry = store.get(f"vms/{vm}")
         if entry is not None and entry.value != self.name:
             raise ConflictError(f"etcd says {entry.value} owns a VM named {vm!r}")
+
+    def release_new(self, vm: str) -> None:
+        """Undo `claim_new` (the VM could not be created): its key goes. Best effort: the
+        next beat deletes a key this node made for a VM it does not record."""
+        with self._lock, contextlib.suppress(StateUnavailable):
+            self.store().delete_if(f"vms/{vm}", self.name)
+            self._claimed.pop(vm, None)
 
     def give_back(self, vm: str, source: str) -> None:
         """Undo `claim_from` (the VM could not run here after all): the key names the

@@ -73,6 +73,6 @@ class FactsCache:
         return dict(live)
 
     def changed(self) -> None:
-        """A live number changed here (maintenance, a VM): the next read is fresh."""
+        """A live number changed here (the maintenance flag): the next read is fresh."""
         with self._lock:
             self._live_cache = None

@@ -383,11 +383,11 @@ class NodeAgent:
             log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
         if not self.pki.member:
             return
-        live = self.facts_cache.live()
         if self.etcd is not None:  # membership and liveness come from etcd's leases
             self.etcd.tick()
             self._follow_ca_holder()
             return
+        live = self.facts_cache.live()
         self.beats.beat(live)
         with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
             own, *_ = self.registry.held(self.name)
@@ -559,8 +559,7 @@ class NodeAgent:
         try:
             return self.vms.create(request)
         except BaseException:
-            with contextlib.suppress(CorralError):
-                self.etcd.store().delete_if(f"vms/{request.name}", self.name)
+            self.etcd.release_new(request.name)
             raise
 
     def _follow_ca_holder(self) -> None:

@@ -100,11 +100,6 @@ class NodeRegistry:
             raise NotFoundError(f"no node {name!r} in the cluster (members: {known})")
         return self._record(rows[0])
 
-    def by_fingerprint(self, fingerprint: str) -> NodeRecord | None:
-        """The current member whose certificate has this fingerprint, if any."""
-        rows = self.db.query("SELECT * FROM nodes WHERE fingerprint = ?", (fingerprint,))
-        return self._record(rows[0]) if rows else None
-
     def member_by_fingerprint(self, fingerprint: str) -> tuple[str, bool] | None:
         """(name, holds the CA) of the current member with this certificate: what every
         request over mutual TLS asks. One small read of the list's version; the members

@@ -28,7 +28,7 @@ from corral.migration.disk_placement import size_text
 from corral.migration.journal import MigrationPhase
 from corral.migration.options import MIB, MigrationOptions
 from corral.migration.receive_args import ReceiveArgs
-from corral.migration.recovery import recover_vm
+from corral.migration.recovery import held_back, recover_vm
 from corral.migration.services import MigrationServices
 from corral.migration.source_checks import PreflightFailed, check
 from corral.migration.summary import summarize
@@ -466,13 +466,13 @@ class SourceMigration:
                 wait_for(settled, timeout=30, what="the migration to stop", interval=0.05)
         if self.disks is not None:
             self.disks.abandon()  # the source's images were never switched: they stay
-        allowed, because = self.services.may_resume(self.vm)
-        if not allowed and self.services.vms.status(self.vm).state != RunState.RUNNING:
-            # Sent away and paused, and this node may no longer own it (etcd): it stays
-            # paused, so that it can never run on two nodes.
-            self.services.vms.inventory.set_state(self.vm, "paused", f"not resumed: {because}")
-            self._step(MigrationPhase.FAILED, f"{why}; not resumed here: {because}")
-            return
+        if self.services.vms.status(self.vm).state != RunState.RUNNING:
+            # Sent away and paused: with etcd, it runs again only while this node may still
+            # own it, so that it can never run on two nodes.
+            because = held_back(self.services, self.vm)
+            if because is not None:
+                self._step(MigrationPhase.FAILED, f"{why}; not resumed here: {because}")
+                return
         driver.migration_finalize_source(None, layout, success=False)
         self.services.vms.inventory.set_state(
             self.vm, "running", f"migration to {self.opts.target} rolled back"

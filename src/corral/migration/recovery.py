@@ -107,6 +107,18 @@ def recover_migration(
     return result
 
 
+def held_back(services: MigrationServices, vm: str) -> str | None:
+    """Why this node's paused copy of `vm` must stay paused (with the state in etcd: etcd
+    does not say this node owns it, nor can its own lease vouch), recording it on the VM;
+    None when it may run again."""
+    allowed, because = services.may_resume(vm)
+    if allowed:
+        return None
+    with contextlib.suppress(NotFoundError):
+        services.vms.inventory.set_state(vm, RunState.PAUSED.value, f"not resumed: {because}")
+    return because
+
+
 def apply_recovery(
     services: MigrationServices, vm: str, target: str, plan: RecoveryPlan, spec: VmSpec | None
 ) -> str:
@@ -124,10 +136,8 @@ def apply_recovery(
         with services.peer(target) as client:
             client.post(f"/runtime/{vm}/discard")
     if plan.resume_source:
-        allowed, because = services.may_resume(vm)
-        if not allowed:
-            with contextlib.suppress(NotFoundError):
-                vms.inventory.set_state(vm, RunState.PAUSED.value, f"not resumed: {because}")
+        because = held_back(services, vm)
+        if because is not None:
             return (
                 f"runs on no node: {here}'s copy stays paused ({because}); once etcd gives it"
                 f" back to {here}, 'corral migrate {vm} --recover' runs it on"
