@@ -339,10 +339,25 @@ class EtcdMembership:
     def require_healthy(self, doing: str) -> None:
         """:raise ConflictError: etcd cannot agree now (no majority, or no lease here):
         nothing new may start."""
+        if not (self.state.reachable and self.lease_valid()):
+            self._renew_now()  # ask etcd rather than guess from the clock (a slow beat)
         if self.state.reachable and self.lease_valid():
             return  # (also within the grace after one failed look: an election, say)
         why = self.state.error or "this node holds no live lease"
         raise ConflictError(f"cannot {doing}: the cluster state (etcd) is unavailable: {why}")
+
+    def _renew_now(self) -> None:
+        """One renewal of this node's lease, now: the beat may be late (an election slowed
+        it, or the host is busy) while the lease is alive in etcd."""
+        with self._lock:
+            lease = self.state.lease
+            if lease is None or self.removed:
+                return
+            with contextlib.suppress(StateUnavailable):
+                if self.store().keep_alive(lease) > 0:
+                    now = time.monotonic()
+                    self.state.renewed = self.state.ok_at = now
+                    self.state.reachable = True
 
     def revoke_member(self, name: str, fingerprint: str | None) -> None:
         """A removed member: its lease ends, so its member key and every VM key it held go;
