@@ -1,83 +1,129 @@
-"""Gossip: beats are numbered per agent life and only newer ones are taken; a small cluster
-is a full mesh, a larger one reaches FANOUT peers per interval, those whose facts are wanted
-first, then the least recently reached, so every peer is reached within a few intervals."""
+"""Gossip: states are numbered per agent life and change only when something changed; an
+offline claim wins at an equal key and is refuted by a newer one; news is what changed
+lately; the watch rings give every member watchers at a degree that does not grow with the
+cluster, and news crosses them in a few hops."""
 
 from __future__ import annotations
 
-from corral.agent import gossip
-from corral.agent.gossip import Beat, Beats
+import time
+from collections import Counter
+
+import pytest
+
+from corral.agent.gossip import RINGS, Rings, State, View, moved
 
 
-def test_only_newer_beats_are_taken_and_a_restart_is_newer() -> None:
-    here, there = Beats("a"), Beats("b")
-    first = there.beat({"facts_version": "v1", "vm_count": 1})
-    taken = here.merge(there.table())
-    assert taken == [("b", first)]
-    assert here.merge(there.table()) == []  # the same beat again: nothing new
-    there.beat({"facts_version": "v1", "vm_count": 2})
-    [(name, beat)] = here.merge(there.table())
-    assert (name, beat.sequence, beat.live["vm_count"]) == ("b", 2, 2)
-    reborn = Beats("b")  # restarted: a later generation, sequence from 1 again
-    reborn.beat({"facts_version": "v2"})
-    assert [n for n, _ in here.merge(reborn.table())] == ["b"]
+def alive(generation: float, sequence: int) -> list[object]:
+    return State(generation, sequence, False, "v", {}).to_json()
 
 
-def test_own_beats_and_garbage_are_never_taken() -> None:
-    here = Beats("a")
-    here.beat({"facts_version": "v"})
-    forged = {"a": [here.generation + 10, 99, "x", {}], "c": ["not", "a", "beat"], "d": 7}
-    assert here.merge(forged) == []
-    assert here.merge("nonsense") == []
+def test_a_state_is_newer_by_life_then_sequence_and_offline_wins_a_tie() -> None:
+    old = State(1.0, 5, False, "v", {})
+    assert State(1.0, 6, False, "v", {}).newer_than(old)
+    assert State(1.0, 5, True, "v", {}).newer_than(old)  # a claim at the state held
+    assert not old.newer_than(State(1.0, 5, True, "v", {}))
+    assert State(2.0, 1, False, "v", {}).newer_than(State(1.0, 9, True, "v", {}))  # restart
 
 
-def test_a_beat_travels_through_a_third_member() -> None:
-    a, b, c = Beats("a"), Beats("b"), Beats("c")
-    a.beat({"facts_version": "va"})
-    b.merge(a.table())  # a talks to b
-    learned = c.merge(b.table())  # b talks to c: c hears of a without talking to it
-    assert [n for n, _ in learned] == ["a"]
-    assert learned[0][1] == Beat.from_json(a.table()["a"])
+def test_an_idle_member_makes_no_news() -> None:
+    view = View("a", news_window=60)
+    live = {"facts_version": "v1", "vm_count": 0, "memory_free_mib": 4000}
+    first, new = view.own(live)
+    assert new and first.sequence == 1
+    assert view.own({**live, "memory_free_mib": 3900}) == (first, False)  # less than a step
+    moved_state, new = view.own({**live, "memory_free_mib": 3700})
+    assert new and moved_state.sequence == 2
+    assert view.own({**live, "memory_free_mib": 3700, "vm_count": 1})[0].sequence == 3
+    assert view.own({**live, "memory_free_mib": 3700, "facts_version": "v2"})[0].sequence == 4
+    assert moved({"draining": False}, {"draining": True})
 
 
-def test_small_clusters_are_a_full_mesh() -> None:
-    peers = ["b", "c", "d"]
-    reached = {"c": 100.0}
-    chosen = gossip.choose(peers, str, {}, reached, set(), since=50.0, stale=0.0, fanout=3)
-    assert chosen == ["b", "d"]  # c was reached this interval
+def test_only_newer_states_are_taken_and_garbage_is_ignored() -> None:
+    view = View("a", news_window=60)
+    assert [n for n, _ in view.merge({"b": alive(1.0, 2)})] == ["b"]
+    assert view.merge({"b": alive(1.0, 1)}) == []
+    assert view.merge({"b": alive(1.0, 2)}) == []
+    assert view.merge({"c": [1.0], "d": "x", "e": [1.0, 1, 0, "v", "not live"]}) == []
+    assert view.merge(["not", "a", "table"]) == []
+    assert view.get("b") == State(1.0, 2, False, "v", {})
 
 
-def test_a_peer_that_called_is_not_called_back_unless_not_reached_for_long() -> None:
-    peers = ["b", "c", "d"]
-    heard = {"b": 100.0, "c": 100.0}  # both sent a heartbeat this interval
-    reached = {"b": 90.0, "c": 10.0}  # b reached lately, c long ago
-    chosen = gossip.choose(peers, str, heard, reached, set(), since=95.0, stale=50.0)
-    assert chosen == ["c", "d"]  # c: is it reachable from here at all?
+def test_a_claim_that_this_node_is_offline_is_refuted() -> None:
+    view = View("a", news_window=60)
+    own, _ = view.own({"facts_version": "v"})
+    claim = State(own.generation, own.sequence, True, "v", {}).to_json()
+    fresh = view.merge({"a": claim})
+    assert [(n, s.offline, s.sequence) for n, s in fresh] == [("a", False, own.sequence + 1)]
+    assert view.merge({"a": alive(own.generation - 10, 99)}) == []  # an earlier life's
 
 
-def test_larger_clusters_reach_fanout_peers_wanted_first_then_the_oldest() -> None:
-    peers = [f"n{i}" for i in range(10)]
-    reached = {f"n{i}": float(i) for i in range(10)}
-    chosen = gossip.choose(peers, str, {}, reached, {"n7"}, since=100.0, stale=0.0, fanout=3)
-    assert chosen == ["n7", "n0", "n1"]
+def test_a_declared_member_is_offline_at_the_state_held_and_a_newer_one_revives_it() -> None:
+    view = View("a", news_window=60)
+    view.merge({"b": alive(1.0, 3)})
+    declared = view.declare_offline("b")
+    assert declared is not None and declared.key == (1.0, 3, True)
+    assert view.declare_offline("b") is None  # already
+    assert view.offline("b")
+    assert view.merge({"b": alive(1.0, 3)}) == []  # the same state does not undo the claim
+    view.merge({"b": alive(1.0, 4)})
+    assert not view.offline("b")
+    unknown = view.declare_offline("never-heard")
+    assert unknown is not None and unknown.key == (0.0, 0, True)
 
 
-def test_every_peer_is_reached_within_a_few_intervals() -> None:
-    peers = [f"n{i}" for i in range(15)]
-    reached: dict[str, float] = {}
-    for interval in range(1, 6):
-        since = interval - 0.5
-        for name in gossip.choose(peers, str, {}, reached, set(), since, stale=0.0, fanout=3):
-            reached[name] = float(interval)
-    assert set(reached) == set(peers)  # 15 peers, 3 an interval: all in 5 intervals
+def test_news_is_what_changed_within_the_window_and_digests_compare_views() -> None:
+    here, there = View("a", news_window=0.2), View("b", news_window=0.2)
+    a, _ = here.own({"facts_version": "va"})
+    b, _ = there.own({"facts_version": "vb"})
+    here.merge({"c": alive(1.0, 1)})
+    assert set(here.news()) == {"a", "c"}
+    assert here.digest() != there.digest()
+    there.merge({"a": a.to_json(), "c": alive(1.0, 1)})
+    here.merge({"b": b.to_json()})
+    assert here.digest() == there.digest()  # the same states, whoever holds them
+    time.sleep(0.25)  # the news window itself is what is under test
+    assert here.news() == {}
+    here.declare_offline("c")
+    assert set(here.news()) == {"c"}
+    assert here.digest() != there.digest()
+    here.forget({"b"})
+    assert here.names() == {"a", "b"}
 
 
-def test_a_relayed_beat_keeps_its_age() -> None:
-    """A beat heard through others is as old as its travels: a dead member is shown offline
-    `offline_after` after its last beat, not after that beat's last relay."""
-    relay = Beats("relay")
-    relay.merge({"far": [1.0, 7, "v", {}, 3.5]})
-    [generation, sequence, version, live, age] = relay.table()["far"]
-    assert (generation, sequence, version, live) == (1.0, 7, "v", {})
-    assert age >= 3.5
-    assert Beat.from_json([1.0, 7, "v", {}, -5]).age == 0.0  # a negative age is none
-    assert Beat.from_json([1.0, 7, "v", {}]).age == 0.0  # from an agent without ages
+@pytest.mark.parametrize("size", [2, 3, 4, 8, 16, 64, 200])
+def test_every_member_is_watched_and_no_one_watches_or_is_watched_by_many(size: int) -> None:
+    names = [f"node{i}" for i in range(1, size + 1)]
+    rings = Rings()
+    subjects = {n: Rings().subjects(n, names) for n in names}  # each node computes alone
+    assert subjects == {n: rings.subjects(n, names) for n in names}
+    watchers = Counter(s for watched in subjects.values() for s in watched)
+    assert set(watchers) == set(names)  # every member has a watcher
+    for n, watched in subjects.items():
+        assert n not in watched
+        assert len(watched) == len(set(watched)) == min(RINGS, size - 1)
+    assert max(watchers.values()) <= 2 * RINGS  # the degree does not grow with the size
+
+
+@pytest.mark.parametrize("size", [16, 200, 1000])
+def test_news_pushed_to_subjects_reaches_everyone_in_few_hops(size: int) -> None:
+    names = [f"n{i}" for i in range(size)]
+    rings = Rings()
+    subjects = {n: rings.subjects(n, names) for n in names}
+    reached, frontier, hops = {names[0]}, {names[0]}, 0
+    while frontier:
+        frontier = {s for n in frontier for s in subjects[n]} - reached
+        reached |= frontier
+        hops += frontier != set()
+    assert reached == set(names)
+    assert hops <= 4 * size.bit_length()  # logarithmic, not the ring's n / RINGS
+
+
+def test_the_rings_skip_an_offline_member_so_its_subjects_keep_a_watcher() -> None:
+    names = [f"node{i}" for i in range(1, 9)]
+    rings = Rings()
+    gone = "node4"
+    orphans = set(rings.subjects(gone, names))
+    online = [n for n in names if n != gone]
+    watched = {s for n in online for s in rings.subjects(n, online)}
+    assert orphans - {gone} <= watched
+    assert gone not in watched

@@ -4,6 +4,7 @@ send them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,16 +114,99 @@ def test_a_member_heard_of_through_another_is_alive_and_asked_for_its_facts(
     client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
     certificate(agent, "third", "127.0.0.3")
     assert agent.registry.get("third").last_seen is None
-    beats = {
-        "third": [1.0, 5, "v-third", {"facts_version": "v-third", "vm_count": 2}],
-        "ghost": [1.0, 1, "v", {}],  # no member of that name: ignored
+    news = {
+        "third": [1.0, 5, 0, "v-third", {"facts_version": "v-third", "vm_count": 2}],
+        "ghost": [1.0, 1, 0, "v", {}],  # no member of that name: ignored
     }
-    body = {"live": {}, "facts": peer_facts(), "beats": beats}
+    body = {"live": {}, "facts": peer_facts(), "news": news}
     assert client.post("/v1/heartbeat", json=body).status_code == 200
     third = agent.registry.get("third")
     assert third.last_seen is not None
+    assert third.online(time.time(), agent.settings.offline_after)
     assert third.facts["vm_count"] == 2
-    assert "third" in agent._asking  # its facts are not held: it is reached directly next
+    assert "third" in agent.gossip._asking  # its facts are not held: it is reached directly
+
+
+def test_a_member_declared_offline_is_offline_here_until_a_newer_state(agent: NodeAgent) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    certificate(agent, "third", "127.0.0.3")
+    client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts(), "news": {}})
+    client.post("/v1/heartbeat", json={"live": {}, "news": {"third": [1.0, 5, 0, "v", {}]}})
+    assert agent.registry.get("third").online(time.time(), agent.settings.offline_after)
+    answer = client.post(
+        "/v1/heartbeat", json={"live": {}, "news": {"third": [1.0, 5, 1, "v", {}]}}
+    )
+    assert answer.status_code == 200
+    assert not agent.registry.get("third").online(time.time(), agent.settings.offline_after)
+    assert answer.json()["news"]["third"][2] == 1  # passed on
+    client.post("/v1/heartbeat", json={"live": {}, "news": {"third": [1.0, 6, 0, "v", {}]}})
+    assert agent.registry.get("third").online(time.time(), agent.settings.offline_after)
+
+
+def test_a_claim_that_this_node_is_offline_is_refuted_in_the_answer(agent: NodeAgent) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    own, _ = agent.gossip.view.own(agent.facts_cache.live())
+    claim = [own.generation, own.sequence, 1, own.version, {}]
+    answer = client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts(), "you": claim})
+    generation, sequence, offline, *_ = answer.json()["state"]
+    assert (generation, offline) == (own.generation, 0)
+    assert sequence > own.sequence
+    assert answer.json()["news"][agent.name][1] == sequence
+
+
+def test_a_silent_subject_is_declared_offline_once_and_not_again_after_it_refutes(
+    agent: NodeAgent,
+) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    client.post(
+        "/v1/heartbeat", json={"live": {}, "facts": peer_facts(), "state": [1.0, 1, 0, "v", {}]}
+    )
+    gossip = agent.gossip
+    assert agent.registry.get("peer").online(time.time(), agent.settings.offline_after)
+    now = time.monotonic()
+    gossip._watching = {"peer": now - 100}  # watched for long
+    gossip._ok["peer"] = now - gossip.detect_after / 2
+    gossip._detect(now)
+    assert not gossip.view.offline("peer")  # not silent for long enough yet
+    gossip._ok["peer"] = now - gossip.detect_after - 1
+    gossip._detect(now)
+    assert gossip.view.offline("peer")
+    assert not agent.registry.get("peer").online(time.time(), agent.settings.offline_after)
+    # It refutes (it is alive; only this node's link to it fails): not declared again.
+    gossip.view.merge({"peer": [1.0, 2, 0, "v", {}]})
+    gossip._detect(now)
+    assert not gossip.view.offline("peer")
+
+
+def test_a_member_stays_online_without_news_only_while_this_node_hears_from_anyone(
+    agent: NodeAgent,
+) -> None:
+    """No news is good news, but a node cut off from everyone hears no news either."""
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    certificate(agent, "third", "127.0.0.3")
+    client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
+    client.post("/v1/heartbeat", json={"live": {}, "news": {"third": [1.0, 5, 0, "v", {}]}})
+    after = agent.settings.offline_after
+    long_ago = time.time() - after - 1
+    agent.registry._alive["third"] = (long_ago, {})  # its state came long ago: no news since
+    with agent.db.transaction() as conn:
+        conn.execute("UPDATE nodes SET last_seen = ? WHERE name = 'third'", (long_ago,))
+    assert agent.registry.get("third").online(time.time(), after)  # vouched for
+    assert agent.gossip._contact is not None
+    agent.gossip._contact -= after + 1  # this node's last exchange with anyone, as long ago
+    assert not agent.registry.get("third").online(time.time(), after)
+    client.post("/v1/heartbeat", json={"live": {}})  # an exchange again
+    assert agent.registry.get("third").online(time.time(), after)
+
+
+def test_the_whole_view_is_sent_when_asked_for(agent: NodeAgent) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    certificate(agent, "third", "127.0.0.3")
+    agent.gossip.view.merge({"third": [1.0, 5, 0, "v", {}]})
+    plain = client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()}).json()
+    assert "view" not in plain
+    whole = client.post("/v1/heartbeat", json={"live": {}, "need_view": True}).json()
+    assert whole["view"]["third"] == [1.0, 5, 0, "v", {}]
 
 
 def test_a_member_this_node_cannot_reach_is_not_kept_online_by_others(agent: NodeAgent) -> None:
@@ -132,9 +216,9 @@ def test_a_member_this_node_cannot_reach_is_not_kept_online_by_others(agent: Nod
     client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
     client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
     seen = agent.registry.get("peer").last_seen
-    agent._unreachable.add("peer")
+    agent.gossip._unreachable.add("peer")
     live = {"facts_version": peer_facts()["facts_version"], "vm_count": 9}
-    client.post("/v1/heartbeat", json={"live": live})
+    client.post("/v1/heartbeat", json={"live": live, "state": [1.0, 1, 0, "v", live]})
     assert agent.registry.get("peer").last_seen == seen
     assert agent.registry.get("peer").facts.get("vm_count") != 9
 

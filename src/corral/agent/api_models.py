@@ -164,4 +164,11 @@ class HeartbeatMessage(BaseModel):
     live: dict[str, Any]
     known: str | None = Field(None, max_length=64)  # the version of the receiver's facts held
     facts: dict[str, Any] | None = None  # the sender's whole facts, when they were asked for
-    beats: dict[str, Any] | None = None  # every member's newest beat the sender knows (gossip)
+    # Membership by gossip (agent/gossip.py): the sender's own state, the receiver's state as
+    # the sender holds it, the states that changed lately, a digest of the sender's whole
+    # view, and whether the sender wants the receiver's whole view in the answer.
+    state: list[Any] | None = None
+    you: list[Any] | None = None
+    news: dict[str, Any] | None = None
+    digest: str | None = Field(None, max_length=64)
+    need_view: bool = False

@@ -6,7 +6,6 @@ Must never import: cli, lab.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import ssl
 import sys
@@ -18,11 +17,11 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import __version__
-from corral.agent import gossip
 from corral.agent.api_models import JoinRequest, JoinResponse, RegistryModel, normalized_ip
 from corral.agent.cluster_view import LastSeen
 from corral.agent.etcd_membership import EtcdMembership
-from corral.agent.facts_cache import LIVE_KEYS, FactsCache
+from corral.agent.facts_cache import FactsCache
+from corral.agent.gossip_membership import GossipMembership
 from corral.agent.settings import AgentSettings
 from corral.api_errors import AccessDenied, Unreachable
 from corral.client import AgentClient
@@ -96,12 +95,18 @@ class NodeAgent:
         self.runner = TaskRunner(self.tasks, kinds(self), max_parallel=settings.max_parallel_tasks)
         self.on_member: Callable[[], None] = lambda: None
         self.facts_cache = FactsCache(self._compute_facts, self._live_facts)
-        self._heard: dict[str, float] = {}  # member -> when a heartbeat last came or went
-        self._send_facts: dict[str, bool] = {}  # member -> it asked for the whole facts
-        self._asking: set[str] = set()  # members whose facts held here are not current
-        self._reached: dict[str, float] = {}  # member -> this node's last heartbeat to it
-        self._unreachable: set[str] = set()  # members this node's last heartbeat failed to reach
-        self.beats = gossip.Beats(self.name)
+        self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
+        self.gossip = GossipMembership(
+            self.name,
+            settings.heartbeat_interval,
+            settings.offline_after,
+            self.registry,
+            self.facts_cache,
+            self.pool,
+            self._peers,
+            self._follow_ca_holder,
+        )
+        self._next_beat = 0.0
         self.etcd: EtcdMembership | None = None
         if settings.state == "etcd":
             self.etcd = EtcdMembership(
@@ -114,7 +119,7 @@ class NodeAgent:
                 live=self.facts_cache.live,
                 full_facts=self.facts_cache.full,
             )
-        self._peers = ThreadPoolExecutor(8, thread_name_prefix="peer")
+            self.registry.vouch = None  # membership and liveness come from etcd's leases
 
     # -- facts and status ------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class NodeAgent:
             "address": self.settings.address,
             "api_port": self.settings.api_port,
             "join_port": self.settings.join_port,
-            "state": self.etcd.status() if self.etcd is not None else {"mode": "gossip"},
+            "state": self.etcd.status() if self.etcd is not None else self.gossip.status(),
         }
 
     # -- cluster membership ----------------------------------------------------------------
@@ -376,116 +381,33 @@ class NodeAgent:
         node = self.registry.get(name)
         return self.pool.client(node)
 
-    def heartbeat_once(self) -> None:
-        """Reconcile VM records with what runs; beat (this node's own state), then send
-        the heartbeat to the peers gossip.choose picks (in parallel)."""
-        for vm, recorded, observed in self.vms.reconcile():
-            log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
-        if not self.pki.member:
-            return
-        if self.etcd is not None:  # membership and liveness come from etcd's leases
-            self.etcd.tick()
-            self._follow_ca_holder()
-            return
-        live = self.facts_cache.live()
-        self.beats.beat(live)
-        with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
-            own, *_ = self.registry.held(self.name)
-            if own != live["facts_version"]:
-                self.registry.mark_seen(self.name, self.facts_cache.full())
-            else:
-                self.registry.mark_alive(self.name, live)
-        members = self.registry.list()
-        names = {n.name for n in members}
-        self.pool.forget(names)  # removed members: close their links
-        self.beats.forget(names)
-        interval = self.settings.heartbeat_interval
+    def heartbeat_once(self) -> float:
+        """At each beat, reconcile VM records with what runs; then membership's turn
+        (gossip: beat, declare lost subjects, push news; etcd: keep the lease). Returns
+        the seconds until it wants to run again; `self.gossip.wake` runs it sooner."""
         now = time.monotonic()
-        peers = [n for n in members if n.name != self.name]
-        chosen = gossip.choose(
-            peers,
-            lambda n: n.name,
-            self._heard,
-            self._reached,
-            self._asking,
-            since=now - 0.9 * interval,
-            stale=now - 3 * interval,
-        )
-        list(self._peers.map(self._heartbeat_peer, chosen))
-
-    def _heartbeat_peer(self, node: NodeRecord) -> None:
-        """One exchange: this node's version and live numbers (its whole facts when the
-        peer asked for them last time) and every member's newest beat known here, for the
-        peer's; its whole facts come back only when the version held here is not current."""
-        timeout = min(2.0, self.settings.heartbeat_interval * 2)
-        body: dict[str, Any] = {
-            "live": self.facts_cache.live(),
-            "known": node.facts.get("facts_version"),
-            "beats": self.beats.table(),
-        }
-        if self._send_facts.get(node.name, True):
-            body["facts"] = self.facts_cache.full()
-        try:
-            with self.pool.client(node, timeout=timeout) as client:
-                answer = client.post("/heartbeat", body)
-                peer_registry = int(answer["live"].get("registry_version", 0))
-                if node.holds_ca and peer_registry > self.registry.version:
-                    # Missed a join or a removal: follow the CA holder's list.
-                    self.follow_registry(RegistryModel.model_validate(client.get("/registry")))
-            self._reached[node.name] = time.monotonic()
-            self._unreachable.discard(node.name)
-            self.take_heartbeat(node.name, answer)
-            self._send_facts[node.name] = bool(answer.get("need_facts"))
-        except (CorralError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
-            log.debug("heartbeat to %s failed: %s", node.name, exc)
-            self._reached[node.name] = time.monotonic()  # tried: next in turn is another
-            self._unreachable.add(node.name)
-
-    def take_heartbeat(self, name: str, message: dict[str, Any]) -> bool:
-        """Record what member `name` said of itself (its live numbers, its facts if it sent
-        them) and of others (their newest beats); True when its facts held here are not its
-        current ones (ask for them).
-
-        :raise NotFoundError: `name` is no member."""
-        self._heard[name] = time.monotonic()
-        self._take_beats(message.get("beats"), skip=name)
-        facts = message.get("facts")
-        if isinstance(facts, dict) and name not in self._unreachable:
-            self.registry.mark_seen(name, facts)
-            self._asking.discard(name)
-            return False
-        live = dict(message.get("live") or {})
-        return self._alive(name, str(live.get("facts_version")), live)
-
-    def _alive(self, name: str, version: str, live: dict[str, Any], age: float = 0.0) -> bool:
-        """Member `name` was alive `age` seconds ago with these numbers; True (and its
-        facts wanted) when the version held here is not `version`. Not noted while this
-        node cannot reach it (gossip.py)."""
-        held, *_ = self.registry.held(name)
-        numbers = {k: live[k] for k in LIVE_KEYS if k in live}
-        if name not in self._unreachable:
-            self.registry.mark_alive(name, numbers, at=time.time() - age)
-        stale = held != version
-        if stale:
-            self._asking.add(name)
-        return stale
-
-    def _take_beats(self, table: Any, skip: str) -> None:
-        """Beats of other members heard through a peer: they are alive."""
-        for name, beat in self.beats.merge(table):
-            if name == skip:
-                continue  # the sender itself: its own message says it
-            with contextlib.suppress(NotFoundError):  # not (or no longer) a member here
-                self._alive(name, beat.version, beat.live, beat.age)
+        beat = now >= self._next_beat
+        if beat:
+            self._next_beat = now + self.settings.beat_interval
+            for vm, recorded, observed in self.vms.reconcile():
+                log.warning("VM %s was recorded %s but is %s", vm, recorded, observed)
+        if not self.pki.member:
+            return max(0.05, self._next_beat - time.monotonic())
+        if self.etcd is not None:  # membership and liveness come from etcd's leases
+            if beat:
+                self.etcd.tick()
+                holder = self.registry.ca_holder()
+                member = self.etcd.state.members.get(holder.name) if holder else None
+                if holder is not None and member is not None:
+                    version = int((member.get("live") or {}).get("registry_version", 0))
+                    self._follow_ca_holder(holder, version)
+            return max(0.05, self._next_beat - time.monotonic())
+        wait = self.gossip.tick(beat)
+        return min(wait, max(0.05, self._next_beat - time.monotonic()))
 
     def answer_heartbeat(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
-        """A member's heartbeat to this node: take its news and answer with this node's."""
-        need = self.take_heartbeat(name, message)
-        live = self.facts_cache.live()
-        answer: dict[str, Any] = {"live": live, "need_facts": need, "beats": self.beats.table()}
-        if message.get("known") != live["facts_version"]:
-            answer["facts"] = self.facts_cache.full()
-        return answer
+        """A member's heartbeat to this node (gossip_membership.py)."""
+        return self.gossip.answer(name, message)
 
     # -- host files a VM may use ------------------------------------------------------------
 
@@ -562,14 +484,10 @@ class NodeAgent:
             self.etcd.release_new(request.name)
             raise
 
-    def _follow_ca_holder(self) -> None:
-        """etcd mode: the CA holder's member list is newer (its member key says): fetch it."""
-        assert self.etcd is not None
-        holder = self.registry.ca_holder()
-        if holder is None or holder.name == self.name:
-            return
-        member = self.etcd.state.members.get(holder.name) or {}
-        if int((member.get("live") or {}).get("registry_version", 0)) <= self.registry.version:
+    def _follow_ca_holder(self, holder: NodeRecord, version: int) -> None:
+        """The CA holder's member list is at `version` (its state says): fetch it when that
+        is newer than this node's."""
+        if holder.name == self.name or version <= self.registry.version:
             return
         try:
             with self.pool.client(holder, timeout=5) as client:

@@ -99,12 +99,14 @@ class AgentServer:
         log.info("serving peers on %s:%d (mTLS), joins on %d", s.address, s.api_port, s.join_port)
 
     def _heartbeats(self) -> None:
+        wake = self.agent.gossip.wake  # news to push or a deadline: sooner than the beat
         while not self._heartbeat_stop.is_set():
             try:
-                self.agent.heartbeat_once()
+                delay = self.agent.heartbeat_once()
             except Exception:
                 log.exception("heartbeat failed")
-            self._heartbeat_stop.wait(self.agent.settings.beat_interval)
+                delay = self.agent.settings.beat_interval
+            wake.wait(delay)
 
     def _facts(self) -> None:
         """Recompute this node's facts off the heartbeat path (probes, subprocesses)."""
@@ -168,6 +170,7 @@ class AgentServer:
         for server in self.servers:
             server.stop()
         self._heartbeat_stop.set()
+        self.agent.gossip.wake.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.to_thread(self.agent.runner.stop)
         self.agent.close()

@@ -16,6 +16,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ class NodeRegistry:
         self._alive_lock = threading.Lock()
         self._by_fingerprint: tuple[int, dict[str, tuple[str, bool]]] | None = None
         self._parsed: dict[str, dict[str, Any]] = {}  # facts text -> parsed (_facts_of)
+        # Membership by gossip vouches for the members it holds online ("no news is good
+        # news"): since when, by the wall clock; None when it does not (agent/gossip.py).
+        self.vouch: Callable[[str], float | None] | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -359,6 +363,9 @@ class NodeRegistry:
         if alive is not None and (last_seen is None or alive[0] > last_seen):
             last_seen, facts = alive[0], {**facts, **alive[1]}
             draining = facts.get("draining", draining)
+        vouched = self.vouch(row["name"]) if self.vouch is not None else None
+        if vouched is not None and (last_seen is None or vouched > last_seen):
+            last_seen = vouched
         return NodeRecord(
             row["name"],
             row["address"],
