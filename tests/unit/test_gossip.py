@@ -29,12 +29,17 @@ def test_an_idle_member_makes_no_news() -> None:
     view = View("a", news_window=60)
     live = {"facts_version": "v1", "vm_count": 0, "memory_free_mib": 4000}
     first, new = view.own(live)
-    assert new and first.sequence == 1
-    assert view.own({**live, "memory_free_mib": 3900}) == (first, False)  # less than a step
-    moved_state, new = view.own({**live, "memory_free_mib": 3700})
-    assert new and moved_state.sequence == 2
-    assert view.own({**live, "memory_free_mib": 3700, "vm_count": 1})[0].sequence == 3
-    assert view.own({**live, "memory_free_mib": 3700, "facts_version": "v2"})[0].sequence == 4
+    assert new
+    assert first.sequence == 1
+    assert view.own({**live, "memory_free_mib": 3100}) == (first, False)  # less than a GiB
+    moved_state, new = view.own({**live, "memory_free_mib": 2900})
+    assert new
+    assert moved_state.sequence == 2
+    assert view.own({**live, "memory_free_mib": 2900, "vm_count": 1})[0].sequence == 3
+    assert view.own({**live, "memory_free_mib": 2900, "facts_version": "v2"})[0].sequence == 4
+    big = {"memory_free_mib": 200_000}
+    assert not moved(big, {"memory_free_mib": 185_000})  # less than a tenth
+    assert moved(big, {"memory_free_mib": 179_000})
     assert moved({"draining": False}, {"draining": True})
 
 
@@ -61,14 +66,16 @@ def test_a_declared_member_is_offline_at_the_state_held_and_a_newer_one_revives_
     view = View("a", news_window=60)
     view.merge({"b": alive(1.0, 3)})
     declared = view.declare_offline("b")
-    assert declared is not None and declared.key == (1.0, 3, True)
+    assert declared is not None
+    assert declared.key == (1.0, 3, True)
     assert view.declare_offline("b") is None  # already
     assert view.offline("b")
     assert view.merge({"b": alive(1.0, 3)}) == []  # the same state does not undo the claim
     view.merge({"b": alive(1.0, 4)})
     assert not view.offline("b")
     unknown = view.declare_offline("never-heard")
-    assert unknown is not None and unknown.key == (0.0, 0, True)
+    assert unknown is not None
+    assert unknown.key == (0.0, 0, True)
 
 
 def test_news_is_what_changed_within_the_window_and_digests_compare_views() -> None:

@@ -44,7 +44,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 RINGS = 2
-MEMORY_STEP_MIB = 256  # free memory moving by less is no news (it is sent on direct contact)
+# Free memory is news when it moved by a GiB or a tenth, whichever is more (placement
+# needs it roughly; preflight asks the target itself; watchers see it exact): it moves all
+# the time, and every member's news reaches every member.
+MEMORY_NEWS_MIB = 1024
+MEMORY_NEWS_PART = 0.1
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,12 @@ class State:
 
 def moved(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether live numbers changed enough to be news: any of them but free memory, or free
-    memory by a step."""
+    memory by MEMORY_NEWS_MIB or MEMORY_NEWS_PART of it, whichever is more."""
     for key in set(old) | set(new):
         if key == "memory_free_mib":
             before, now = old.get(key), new.get(key)
             if isinstance(before, int) and isinstance(now, int):
-                if abs(before - now) >= MEMORY_STEP_MIB:
+                if abs(before - now) >= max(MEMORY_NEWS_MIB, before * MEMORY_NEWS_PART):
                     return True
                 continue
         if old.get(key) != new.get(key):

@@ -76,6 +76,7 @@ class GossipMembership:
         self._need_view: set[str] = set()  # subjects to ask for their whole view
         self._unreachable: set[str] = set()  # members this node's last heartbeat failed
         self._beats = 0
+        self.counts = {"sent": 0, "answered": 0, "views_sent": 0, "declared": 0, "news": 0}
         self._incomplete = True  # members this node knows no state of: ask for a whole view
         registry.vouch = self.vouch
 
@@ -104,7 +105,9 @@ class GossipMembership:
     def _beat(self) -> list[NodeRecord]:
         live = self.facts_cache.live()
         _, new = self.view.own(live)
-        self._push = self._push or new
+        if new:
+            self.counts["news"] += 1
+            self._push = True
         with contextlib.suppress(NotFoundError):  # not in the member list (yet): a join
             held, *_ = self.registry.held(self.name)
             if held != live["facts_version"]:
@@ -154,6 +157,7 @@ class GossipMembership:
                 continue
             log.info("%s: no heartbeat for %.1f s; declared offline", subject, self.detect_after)
             self._declared[subject] = state
+            self.counts["declared"] += 1
             self._fresh(subject, state)
 
     # -- exchanging -------------------------------------------------------------------------------
@@ -182,6 +186,7 @@ class GossipMembership:
         if node.name in self._need_view or self._incomplete:
             body["need_view"] = True
         self._tried[node.name] = time.monotonic()
+        self.counts["sent"] += 1
         try:
             with self.pool.client(node, timeout=timeout) as client:
                 answer = client.post("/heartbeat", body)
@@ -208,12 +213,14 @@ class GossipMembership:
     def answer(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
         """A member's heartbeat to this node: take its news, answer with this node's."""
         need = self.take(name, message)
+        self.counts["answered"] += 1
         answer = self._message(name)
         answer["need_facts"] = need
         if message.get("known") != answer["live"]["facts_version"]:
             answer["facts"] = self.facts_cache.full()
         if message.get("need_view"):
             answer["view"] = self.view.whole()
+            self.counts["views_sent"] += 1
         return answer
 
     def take(self, name: str, message: dict[str, Any]) -> bool:
@@ -244,6 +251,7 @@ class GossipMembership:
 
     def _fresh(self, name: str, state: State) -> None:
         """A state newer than the one held came (or was made here): record it, pass it on."""
+        self.counts["news"] += 1
         self._push = True
         self.wake.set()
         if name == self.name:
@@ -289,4 +297,5 @@ class GossipMembership:
             "mode": "gossip",
             "watching": sorted(self._watching),
             "unreachable": sorted(self._unreachable),
+            "heartbeats": dict(self.counts),
         }
