@@ -38,6 +38,15 @@ def test_the_version_ignores_the_live_numbers() -> None:
     assert version_of(base) != version_of({**base, "arch": "aarch64"})
 
 
+def test_the_version_ignores_free_disk_space_but_not_the_storage() -> None:
+    data = {"path": "/d", "fstype": "nfs4", "shared_fs": True, "free_bytes": 10}
+    base = {"arch": "x86_64", "storage": {"data": data}}
+    fuller = {**base, "storage": {"data": {**data, "free_bytes": 5}}}
+    assert version_of(base) == version_of(fuller)
+    moved = {**base, "storage": {"data": {**data, "fstype": "ext4", "shared_fs": False}}}
+    assert version_of(base) != version_of(moved)
+
+
 def test_the_cache_computes_once_and_reads_the_live_part_once_a_beat() -> None:
     computed: list[int] = []
     memory = iter(range(100, 200))

@@ -26,8 +26,16 @@ LIVE_KEYS = ("memory_free_mib", "vm_count", "draining", "registry_version")
 
 
 def version_of(facts: dict[str, Any]) -> str:
-    """A digest of everything in `facts` but the live numbers."""
+    """A digest of everything in `facts` but the live numbers and each directory's free
+    space: free space moves with every log line, and a new version makes every member fetch
+    the whole facts (what needs it exact, a migration's preflight, asks the node itself)."""
     static = {k: v for k, v in facts.items() if k not in LIVE_KEYS and k != "facts_version"}
+    storage = static.get("storage")
+    if isinstance(storage, dict):
+        static["storage"] = {
+            role: {k: v for k, v in d.items() if k != "free_bytes"} if isinstance(d, dict) else d
+            for role, d in storage.items()
+        }
     return hashlib.sha256(json.dumps(static, sort_keys=True).encode()).hexdigest()[:16]
 
 
