@@ -25,7 +25,7 @@ help:
 	@echo "make bench-disk - installs libvirt, then --with-local-disks against --copy-storage-all"
 	@echo "make bench-drain - drain a node of 6 guests, --parallel 1, 2, 4, against single migrations"
 	@echo "make bench-peer-link - a request to a peer over a new TLS connection vs a kept one"
-	@echo "make bench-scale - idle agents' CPU, node list and offline detection at 2, 4, 8, 16 nodes"
+	@echo "make bench-scale - idle agents' CPU, node list and offline detection at 2 to 32 nodes"
 	@echo "make bench-scale-etcd - the same with the state in a 3-member etcd (--state etcd)"
 
 deps:
@@ -89,7 +89,7 @@ bench-drain: deps venv image
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.drain
 
 bench-scale: deps venv
-	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale
+	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale --sizes 2,4,8,16,32
 
 bench-scale-etcd: deps venv
 	BENCH_COMMAND="make $@" $(BIN)/python -m bench.scale --state etcd

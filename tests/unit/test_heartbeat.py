@@ -174,6 +174,7 @@ def test_a_silent_subject_is_declared_offline_once_and_not_again_after_it_refute
     assert agent.registry.get("peer").online(time.time(), agent.settings.offline_after)
     now = time.monotonic()
     gossip._watching = {"peer": now - 100}  # watched for long
+    gossip._ok["third"] = now  # this node hears from others: it is not the one cut off
     gossip._ok["peer"] = now - gossip.detect_after / 2
     gossip._detect(now)
     assert not gossip.view.offline("peer")  # not silent for long enough yet
@@ -185,6 +186,23 @@ def test_a_silent_subject_is_declared_offline_once_and_not_again_after_it_refute
     gossip.view.merge({"peer": [1.0, 2, 0, "v", {}]})
     gossip._detect(now)
     assert not gossip.view.offline("peer")
+
+
+def test_a_node_that_hears_from_no_one_claims_nothing(agent: NodeAgent) -> None:
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    certificate(agent, "third", "127.0.0.3")
+    client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
+    gossip = agent.gossip
+    now = time.monotonic()
+    gossip._watching = {"peer": now - 100, "third": now - 100}
+    gossip._ok = {"peer": now - gossip.detect_after - 1, "third": now - gossip.detect_after - 1}
+    gossip._detect(now)
+    assert not gossip.view.offline("peer")
+    assert not gossip.view.offline("third")
+    gossip._ok["third"] = now  # one answers again: the other is the silent one
+    gossip._detect(now)
+    assert gossip.view.offline("peer")
+    assert not gossip.view.offline("third")
 
 
 def test_a_member_stays_online_without_news_only_while_this_node_hears_from_anyone(

@@ -144,9 +144,14 @@ class GossipMembership:
     def _detect(self, now: float) -> None:
         """Declare offline each watched member this node has exchanged nothing with for
         detect_after, unless it refuted this node's earlier claim (then only the link
-        from here is bad: it stays unreachable here, and its other watchers watch it)."""
+        from here is bad: it stays unreachable here, and its other watchers watch it), or
+        this node has exchanged nothing with anyone else meanwhile either (then it is the
+        one cut off: it shows every peer offline here, and claims nothing of them)."""
         for subject, since in list(self._watching.items()):
             if now - max(self._ok.get(subject, 0.0), since) <= self.detect_after:
+                continue
+            others = (t for m, t in list(self._ok.items()) if m != subject)
+            if max(others, default=0.0) < now - self.detect_after:
                 continue
             held = self.view.get(subject)
             claimed = self._declared.get(subject)
