@@ -50,7 +50,9 @@ def init_command(
 @cluster_app.command("status")
 def status_command(node: NodeOption = None, json_out: JsonOption = False) -> None:
     """Whether this node is in a cluster, the cluster CA's fingerprint, and where the
-    cluster's state is agreed (gossip, or etcd: reachable, this node's lease)."""
+    cluster's state is agreed: gossip (the members this node watches, those it cannot
+    reach, its heartbeats, news and claims since it started) or etcd (reachable, this
+    node's lease)."""
     with agent_client(node) as client:
         status = client.get("/cluster")
     if json_out:
@@ -61,6 +63,14 @@ def status_command(node: NodeOption = None, json_out: JsonOption = False) -> Non
         console.print(f"{key:15} {value}")
     if state.get("mode") != "etcd":
         console.print(f"{'state':15} gossip (between the agents)")
+        watching = ", ".join(state.get("watching") or []) or "none"
+        console.print(f"{'watching':15} {watching}", markup=False)
+        unreachable = ", ".join(state.get("unreachable") or []) or "none"
+        console.print(f"{'unreachable':15} {unreachable}", markup=False)
+        counts = state.get("heartbeats") or {}
+        if counts:
+            since = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+            console.print(f"{'since start':15} {since}", markup=False)
         return
     health = "reachable" if state.get("reachable") else "UNREACHABLE"
     lease = state.get("lease") if state.get("lease_alive") else "none alive"
