@@ -20,12 +20,20 @@ def free_port() -> int:
 
 @contextmanager
 def loopback_etcd(root: Path) -> Iterator[tuple[etcd.EtcdMember, ClusterCA, PkiPaths]]:
-    """One member and its CA; the CA's folder also holds a node certificate ("node1")."""
+    """One member and its CA; the CA's folder also holds a node certificate ("node1"); the
+    member reads the revocation list at `member.crl`."""
     paths = PkiPaths(root / "pki")
     ca = ClusterCA.create(paths, "test")
     ca.issue_node(paths, "node1", "127.0.0.1")
+    crl = root / "crl.der"  # read by etcd at every new connection: none revoked yet
+    crl.write_bytes(ca.revocation_list([]))
     member = etcd.EtcdMember(
-        "etcd1", "127.0.0.1", root / "etcd1", client_port=free_port(), peer_port=free_port()
+        "etcd1",
+        "127.0.0.1",
+        root / "etcd1",
+        client_port=free_port(),
+        peer_port=free_port(),
+        crl=crl,
     )
     etcd.start_cluster([member], ca, "test")
     try:

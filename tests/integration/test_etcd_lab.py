@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from corral import unix_http
-from corral.commands import run
+from corral.commands import CommandFailed, run
 from corral.lab import agents, etcd, netns
 from corral.lab.image import GuestImage
 from corral.lab.plan import LabNode, LabPlan
@@ -320,3 +320,8 @@ def test_removing_a_node_revokes_its_lease_and_it_leaves_etcd(lab: LabPlan) -> N
     deadline = time.monotonic() + agents.OFFLINE_AFTER + 1
     while time.monotonic() < deadline:
         assert "members/node2" not in keys(lab, "members/")
+    # etcd itself refuses its certificate from now on: node1, the CA holder, keeps the
+    # cluster's revocation list where the lab's etcd members read it at every connection.
+    with pytest.raises(CommandFailed, match="etcd is unreachable"):
+        keys(lab, "members/", node=node2)
+    assert "members/node1" in keys(lab, "members/")  # node1's still works

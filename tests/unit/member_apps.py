@@ -21,7 +21,7 @@ from corral.cluster.pki import ClusterCA, fingerprint, make_key_and_csr
 from corral.cluster.registry import Member
 
 
-def member_agent(root: Path, name: str = "holder") -> NodeAgent:
+def member_agent(root: Path, name: str = "holder", **extra: Any) -> NodeAgent:
     settings = AgentSettings(
         node_name=name,
         state_dir=root / "state",
@@ -29,6 +29,7 @@ def member_agent(root: Path, name: str = "holder") -> NodeAgent:
         storage_dir=root / "storage",
         accelerator="tcg",
         address="127.0.0.1",
+        **extra,
     )
     agent = NodeAgent(settings, builtin_kinds)
     agent.init_cluster("unit")
@@ -42,6 +43,7 @@ def certificate(agent: NodeAgent, name: str, address: str, admit: bool = True) -
     _, csr = make_key_and_csr(name)
     pem = ca.sign(csr, name, address)
     if admit:
+        agent.pki.record_issued(pem)
         agent.registry.admit(Member(name, address, 4710, time.time(), fingerprint(pem)))
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 

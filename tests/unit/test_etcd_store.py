@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.cluster.etcd_store import EtcdStore, StateUnavailable, parse_endpoints
-from corral.cluster.pki import ClusterCA, PkiPaths
+from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
 from corral.errors import UserInputError
 from corral.lab import etcd
 from corral.waiting import wait_for
@@ -120,3 +120,34 @@ def test_a_certificate_of_another_ca_is_refused(
     )
     with pytest.raises(StateUnavailable):
         store.put("k", "v")
+
+
+def test_a_certificate_on_the_revocation_list_is_refused_at_its_next_connection(
+    cluster: tuple[etcd.EtcdMember, PkiPaths], tmp_path: Path
+) -> None:
+    """What `node remove` does to etcd when the CA holder keeps `crl_file` where etcd's
+    `--client-crl-file` reads it."""
+    member, paths = cluster
+    assert member.crl is not None
+    ca = ClusterCA.load(paths)
+    removed = PkiPaths(tmp_path / "removed")
+    key_pem, csr_pem = make_key_and_csr("node2")
+    cert_pem = ca.sign(csr_pem, "node2", "127.0.0.1")
+    removed.save_node(ca.cert_pem, cert_pem, key_pem)
+    paths.record_issued(cert_pem)
+
+    def store_of(who: PkiPaths) -> EtcdStore:
+        return EtcdStore(
+            parse_endpoints(member.client_url), paths.ca_cert, who.node_cert, who.node_key, "x"
+        )
+
+    store_of(removed).put("k", "v")  # a member: let in
+    serial = paths.serial_of(fingerprint(cert_pem))
+    assert serial is not None
+    try:
+        member.crl.write_bytes(ca.revocation_list([serial]))
+        with pytest.raises(StateUnavailable):
+            store_of(removed).put("k", "w")
+        assert store_of(paths).get("k") is not None  # everyone else still is
+    finally:
+        member.crl.write_bytes(ca.revocation_list([]))

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from corral.cluster.pki import ClusterCA, PkiPaths, fingerprint, make_key_and_csr
 from corral.errors import ConflictError, NotFoundError, UserInputError
+from tests.unit.member_apps import certificate, member_agent
 
 
 def test_ca_signs_a_node_certificate_with_name_and_address(tmp_path: Path) -> None:
@@ -70,3 +71,32 @@ def test_fingerprint_is_sha256_of_der(tmp_path: Path) -> None:
     ca = ClusterCA.create(PkiPaths(tmp_path / "pki"), "lab")
     assert len(fingerprint(ca.cert_pem)) == 64
     assert fingerprint(ca.cert_pem) == ca.fingerprint
+
+
+def test_the_ca_holder_keeps_the_revocation_list_of_removed_members(tmp_path: Path) -> None:
+    crl_file = tmp_path / "etcd" / "crl.der"
+    agent = member_agent(tmp_path, crl_file=crl_file)
+    try:
+        assert list(x509.load_der_x509_crl(crl_file.read_bytes())) == []  # made with the CA
+        der = certificate(agent, "peer", "127.0.0.2")
+        serial = x509.load_der_x509_certificate(der).serial_number
+        certificate(agent, "other", "127.0.0.3")
+        agent.remove_node("peer", force=False)
+        crl = x509.load_der_x509_crl(crl_file.read_bytes())
+        assert [r.serial_number for r in crl] == [serial]  # the removed one only
+        ca = ClusterCA.load(agent.pki)
+        assert crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+        assert crl_file.stat().st_mode & 0o777 == 0o644
+    finally:
+        agent.close()
+
+
+def test_a_serial_is_looked_up_by_fingerprint_only(tmp_path: Path) -> None:
+    paths = PkiPaths(tmp_path / "pki")
+    ca = ClusterCA.create(paths, "t")
+    _, csr = make_key_and_csr("n")
+    pem = ca.sign(csr, "n", "127.0.0.1")
+    assert paths.serial_of(fingerprint(pem)) is None  # not recorded
+    paths.record_issued(pem)
+    assert paths.serial_of(fingerprint(pem)) == x509.load_pem_x509_certificate(pem).serial_number
+    assert paths.serial_of("../ca") is None  # never a path

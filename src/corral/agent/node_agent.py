@@ -7,6 +7,7 @@ Must never import: cli, lab.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import sys
 import time
@@ -206,8 +207,26 @@ class NodeAgent:
         )
         self.registry.admit(me)
         self.registry.mark_seen(self.name, self.facts())
+        self.write_crl()
         self.on_member()
         return self.cluster_status()
+
+    def write_crl(self) -> None:
+        """On the CA holder with `crl_file` set: the cluster's revocation list there,
+        naming every removed member's certificate this holder signed (etcd reads it at every
+        new connection: a removed node cannot reach etcd with its certificate). Written
+        whole and renamed into place, so a reader never sees half of it."""
+        path = self.settings.crl_file
+        if path is None or not self.pki.holds_ca_key:
+            return
+        revoked = self.registry.snapshot().revoked
+        serials = [s for s in (self.pki.serial_of(fp) for fp in revoked) if s is not None]
+        crl = ClusterCA.load(self.pki).revocation_list(serials)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_name(f".{path.name}.new")
+        fresh.write_bytes(crl)
+        fresh.chmod(0o644)  # public: serial numbers and the CA's signature
+        os.replace(fresh, path)
 
     def new_token(self, ttl_seconds: float) -> tuple[str, float]:
         """A single-use join token and its expiry.
@@ -289,6 +308,7 @@ class NodeAgent:
             )
         ca = ClusterCA.load(self.pki)
         cert = ca.sign(request.csr.encode(), request.node_name, request.address)
+        self.pki.record_issued(cert)  # its serial, should it ever be revoked
         new = Member(
             request.node_name,
             request.address,
@@ -338,6 +358,7 @@ class NodeAgent:
             # etcd unreachable: the removal is refused whole (StateUnavailable).
             self.etcd.revoke_member(name, self.registry.get(name).fingerprint)
         self.registry.revoke(name)
+        self.write_crl()
         self.push_registry(skip={self.name})
 
     def push_registry(self, skip: set[str]) -> None:

@@ -78,6 +78,10 @@ class AgentServer:
             return
         self._tls_started = True
         s, pki = self.agent.settings, self.agent.pki
+        try:
+            self.agent.write_crl()  # the CA holder's revocation list, current from the start
+        except (OSError, ValueError) as exc:
+            log.error("could not write the revocation list to %s: %s", s.crl_file, exc)
 
         def tls_config(app: Any, port: int, client_certs: ssl.VerifyMode) -> uvicorn.Config:
             return uvicorn.Config(

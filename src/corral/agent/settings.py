@@ -23,6 +23,7 @@ Example `/etc/corral/agent.toml` (every key optional)::
     offline_after = 6.0          # a peer not heard from this long is offline (default: 3 beats)
     state = "gossip"             # or "etcd": membership, online state, VM ownership in etcd
     etcd_endpoints = ["https://10.0.0.9:2379"]  # with state = "etcd" (mutual TLS, cluster CA)
+    crl_file = "/var/lib/corral/crl.der"  # the CA holder keeps the revocation list here (etcd)
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class AgentSettings(BaseModel):
     offline_after: float = Field(0.0, ge=0, le=3600)  # 0: three heartbeat intervals
     state: str = Field("gossip", pattern=r"^(gossip|etcd)$")
     etcd_endpoints: tuple[str, ...] = ()
+    crl_file: Path | None = None  # the CA holder writes the revocation list here (for etcd)
 
     @field_validator("etcd_endpoints", mode="before")
     @classmethod

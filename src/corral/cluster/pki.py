@@ -16,6 +16,7 @@ import ipaddress
 import os
 import ssl
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from corral.errors import ConflictError, NotFoundError, UserInputError
 
 CA_YEARS = 10
 NODE_YEARS = 2
+CRL_YEARS = 10
 
 
 def _now() -> dt.datetime:
@@ -100,6 +102,26 @@ class PkiPaths:
     @property
     def holds_ca_key(self) -> bool:
         return self.ca_key.exists()
+
+    @property
+    def issued_dir(self) -> Path:
+        """The CA holder's copy of every certificate it signed, by fingerprint (for the
+        revocation list: it names serial numbers)."""
+        return self.folder / "issued"
+
+    def record_issued(self, cert_pem: bytes) -> None:
+        self.issued_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.issued_dir / f"{fingerprint(cert_pem)}.pem").write_bytes(cert_pem)
+
+    def serial_of(self, cert_fingerprint: str) -> int | None:
+        """The serial number of a certificate this CA holder signed (None: not recorded;
+        signed before certificates were kept, or by another holder)."""
+        if not all(c in "0123456789abcdef" for c in cert_fingerprint):
+            return None  # never a path
+        path = self.issued_dir / f"{cert_fingerprint}.pem"
+        if not path.is_file():
+            return None
+        return int(x509.load_pem_x509_certificate(path.read_bytes()).serial_number)
 
     @property
     def node_fingerprint(self) -> str:
@@ -245,6 +267,27 @@ class ClusterCA:
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
+
+    def revocation_list(self, serials: Iterable[int]) -> bytes:
+        """The cluster's certificate revocation list (DER), signed by the CA: what etcd's
+        `--client-crl-file` reads at every new connection. Valid for CRL_YEARS (etcd does
+        not check it; a tool that does must not find it stale between removals)."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=365 * CRL_YEARS))
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - dt.timedelta(minutes=5))
+                .build()
+            )
+        crl = builder.sign(self.key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.DER)
 
     def issue_node(self, paths: PkiPaths, node_name: str, address: str) -> None:
         """Give the CA's own node its certificate."""

@@ -60,7 +60,11 @@ def agent_config(plan: LabPlan, node: LabNode, extra: dict[str, object] | None =
         "offline_after": OFFLINE_AFTER,
         "accelerator": "tcg",
         **(
-            {"state": "etcd", "etcd_endpoints": plan.etcd_endpoints}
+            {
+                "state": "etcd",
+                "etcd_endpoints": plan.etcd_endpoints,
+                "crl_file": str(plan.etcd_crl),
+            }
             if plan.config.state == "etcd"
             else {}
         ),

@@ -36,6 +36,7 @@ class EtcdMember:
     netns: str | None = None  # None: the caller's namespace (loopback tests)
     client_port: int = 2379
     peer_port: int = 2380
+    crl: Path | None = None  # the cluster's revocation list (--client-crl-file)
 
     @property
     def client_url(self) -> str:
@@ -91,6 +92,7 @@ def argv(member: EtcdMember, cluster: list[EtcdMember], token: str) -> list[str]
         token,
         *(x for pair in zip(tls, files, strict=True) for x in pair),
         "--client-cert-auth",
+        *(["--client-crl-file", str(member.crl)] if member.crl is not None else []),
         *(x for pair in zip(["--peer-" + t[2:] for t in tls], files, strict=True) for x in pair),
         "--peer-client-cert-auth",
         "--log-outputs",
@@ -199,7 +201,7 @@ def lab_members(plan: LabPlan) -> list[EtcdMember]:
     """The lab's etcd members (`lab up --state etcd`), each in its namespace."""
     base = plan.config.root / "etcd"
     return [
-        EtcdMember(f"etcd{i}", str(address.ip), base / f"etcd{i}", netns=ns)
+        EtcdMember(f"etcd{i}", str(address.ip), base / f"etcd{i}", netns=ns, crl=plan.etcd_crl)
         for i, (ns, address) in enumerate(plan.etcd, start=1)
     ]
 

@@ -156,6 +156,12 @@ class LabPlan:
     def etcd_endpoints(self) -> list[str]:
         return [f"https://{address.ip}:2379" for _, address in self.etcd]
 
+    @property
+    def etcd_crl(self) -> Path:
+        """The cluster's revocation list: node1's agent (the CA holder) writes it, the lab's
+        etcd members read it at every new connection."""
+        return self.config.root / "etcd" / "crl.der"
+
     def storage_dir(self, node: LabNode) -> Path:
         """The parent of `node`'s data, config and system directories: the shared one, or
         with local storage the node's own."""
