@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from corral import unix_http
-from corral.commands import CommandFailed, run
+from corral.commands import run
+from corral.errors import CommandFailed
 from corral.lab import agents, etcd, netns
 from corral.lab.image import GuestImage
 from corral.lab.plan import LabNode, LabPlan

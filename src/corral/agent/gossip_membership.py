@@ -135,6 +135,9 @@ class GossipMembership:
         self._incomplete = bool(names - self.view.names())
         last = {s: max(self._ok.get(s, 0.0), self._tried.get(s, 0.0)) for s in subjects}
         due = {s for s in subjects if now - last[s] >= 0.9 * self.interval} | self._asking
+        if self._push:  # news to push: every subject hears it with this beat
+            self._push = False
+            due |= set(subjects)
         if self._beats % OFFLINE_RETRY_BEATS == 0:  # a member back from away is found
             watched = self._full_rings.subjects(self.name, sorted(names))
             due |= {s for s in watched if self.view.offline(s)}

@@ -249,7 +249,7 @@ class NodeCollector(Collector):
         agent = self.agent
         age = GaugeMetricFamily(
             "corral_peer_heartbeat_age_seconds",
-            "Seconds since this node last heard from each member.",
+            "Seconds since this node last knew each member alive (docs/metrics.md).",
             labels=["peer"],
         )
         online = GaugeMetricFamily(
