@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral.commands import run
+from corral.errors import WaitTimeout
 from corral.lab import agents, netns
 from corral.lab.plan import LabNode, LabPlan
 from corral.waiting import wait_for
@@ -121,4 +122,14 @@ def test_a_node_cut_off_from_everyone_is_out_and_back_without_blaming_others(
     finally:
         for route in routes:
             run(netns.in_netns(cut.netns, ["ip", "route", "del", "blackhole", route]))
-    wait_for(lambda: everyone_sees(lab, set()), timeout=60, what="every node online again")
+    seen: dict[str, set[str]] = {}
+
+    def all_back() -> bool:
+        seen.update({n.name: offline_seen(n) for n in lab.nodes})
+        return not any(seen.values())
+
+    try:
+        wait_for(all_back, timeout=30, what="every node online again")
+    except WaitTimeout:
+        states = {n.name: gossip_state(n) for n in lab.nodes}
+        pytest.fail(f"still shown offline: {seen}; gossip: {states}")

@@ -259,3 +259,23 @@ def test_a_changed_vm_count_is_written_at_once(agent: NodeAgent) -> None:
     client.post("/v1/heartbeat", json={"live": live})
     stored = agent.db.query("SELECT facts FROM nodes WHERE name = 'peer'")[0][0]
     assert '"vm_count": 3' in stored
+
+
+def test_an_unreachable_member_is_tried_at_every_beat_even_while_it_calls(
+    agent: NodeAgent,
+) -> None:
+    """Its heartbeats here do not show it reachable from here: only one from here does."""
+    client = TestClient(peer_app(agent, certificate(agent, "peer", "127.0.0.2")))
+    gossip = agent.gossip
+    tried: list[str] = []
+    gossip._exchange = lambda node: tried.append(node.name)  # type: ignore[method-assign]
+    gossip._beat()  # this node's first state: news for every subject
+    tried.clear()
+    client.post("/v1/heartbeat", json={"live": {}, "facts": peer_facts()})
+    gossip._beat()
+    assert tried == []  # it called within the interval: nothing to send
+    gossip._unreachable.add("peer")
+    live = {"facts_version": peer_facts()["facts_version"]}  # its facts are held: no asking
+    client.post("/v1/heartbeat", json={"live": live})
+    gossip._beat()
+    assert tried == ["peer"]

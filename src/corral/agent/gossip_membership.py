@@ -135,6 +135,9 @@ class GossipMembership:
         self._incomplete = bool(names - self.view.names())
         last = {s: max(self._ok.get(s, 0.0), self._tried.get(s, 0.0)) for s in subjects}
         due = {s for s in subjects if now - last[s] >= 0.9 * self.interval} | self._asking
+        # A member this node failed to reach is tried by this node itself at every beat,
+        # even while it calls here (only a heartbeat from here shows it reachable again).
+        due |= self._unreachable & names
         if self._push:  # news to push: every subject hears it with this beat
             self._push = False
             due |= set(subjects)
@@ -148,14 +151,14 @@ class GossipMembership:
         """Declare offline each watched member this node has exchanged nothing with for
         detect_after, unless it refuted this node's earlier claim (then only the link
         from here is bad: it stays unreachable here, and its other watchers watch it), or
-        this node has exchanged nothing with anyone else meanwhile either (then it is the
+        this node is not exchanging heartbeats with anyone else now either (then it is the
         one cut off: it shows every peer offline here, and claims nothing of them)."""
         for subject, since in list(self._watching.items()):
             if now - max(self._ok.get(subject, 0.0), since) <= self.detect_after:
                 continue
             others = (t for m, t in list(self._ok.items()) if m != subject)
-            if max(others, default=0.0) < now - self.detect_after:
-                continue
+            if max(others, default=0.0) < now - 2 * self.interval:
+                continue  # all its links went quiet together: it is this node's own
             held = self.view.get(subject)
             claimed = self._declared.get(subject)
             if held is not None and claimed is not None and held.newer_than(claimed):
