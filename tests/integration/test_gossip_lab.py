@@ -1,9 +1,10 @@
 """Membership by gossip on a 5-node lab of real agents (mutual TLS, network namespaces, no
 VMs): each agent watches two members and every member is watched; a heartbeat is no news
-(only a change of state is); a killed agent is shown offline on every node within the configured time (declared
-by its watchers, pushed to the rest) and online again when it restarts; a node cut off from
-everyone shows every peer offline, is shown offline everywhere, claims nothing of the
-others, and is online everywhere again once its links come back."""
+(only a change of state is); a killed agent is shown offline on every node within the
+configured time (declared by its watchers, pushed to the rest) and online again when it
+restarts; a node cut off from everyone shows every peer offline, is shown offline
+everywhere, claims nothing of the others, and is online everywhere again once its links
+come back."""
 
 from __future__ import annotations
 
