@@ -1,5 +1,6 @@
 """`make bench-scale`: what an idle cluster costs as it grows. Labs of 2, 4, 8 and 16 nodes
-(the lab's 1 s heartbeat, no VMs), one after the other in this run; for each:
+(`make bench-scale` adds 32; the lab's 1 s heartbeat, no VMs), one after the other in this
+run; for each:
 
 - the CPU time every agent used over WINDOW seconds once the cluster has formed (utime +
   stime of each agent's process, /proc/PID/stat), per agent (median and max) and all
@@ -207,7 +208,7 @@ def main() -> None:
         "fitted exponent of the total: "
         + ("missing" if exponent is None else f"{exponent:.2f} (1 is linear, 2 quadratic)")
     )
-    for low in (4, 8):  # above the full mesh (up to 4 nodes every agent reaches every peer)
+    for low in (4, 8):  # from where each agent has its full set of peers (2 nodes: one)
         part = [
             (r["nodes"], r["total"]) for r in rows if r["total"] is not None and r["nodes"] >= low
         ]
