@@ -78,7 +78,6 @@ class GossipMembership:
         self._beats = 0
         self.counts = {"sent": 0, "answered": 0, "views_sent": 0, "declared": 0, "news": 0}
         self._incomplete = True  # members this node knows no state of: ask for a whole view
-        registry.vouch = self.vouch
 
     # -- the beat ------------------------------------------------------------------------------
 

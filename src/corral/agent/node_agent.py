@@ -109,6 +109,8 @@ class NodeAgent:
         )
         self._next_beat = 0.0
         self.etcd: EtcdMembership | None = None
+        if settings.state == "gossip":  # no news is good news: gossip vouches for members
+            self.registry.vouch = self.gossip.vouch
         if settings.state == "etcd":
             self.etcd = EtcdMembership(
                 self.name,
@@ -120,7 +122,6 @@ class NodeAgent:
                 live=self.facts_cache.live,
                 full_facts=self.facts_cache.full,
             )
-            self.registry.vouch = None  # membership and liveness come from etcd's leases
 
     # -- facts and status ------------------------------------------------------------------
 
