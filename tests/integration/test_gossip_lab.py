@@ -76,7 +76,10 @@ def test_each_agent_watches_two_members_and_heartbeats_are_not_news(lab: LabPlan
         # memory by a GiB (news from every member, once); nothing else moves when idle.
         assert counts["news"] - before[node.name]["news"] <= len(lab.nodes), node.name
         assert counts["declared"] == before[node.name]["declared"], node.name
-        assert counts["views_sent"] == before[node.name]["views_sent"], node.name
+        # A whole view only to repair a view that news left behind (such as one a memory
+        # change was still crossing), never with every heartbeat.
+        views = counts["views_sent"] - before[node.name]["views_sent"]
+        assert views <= len(lab.nodes), node.name
 
 
 def test_a_killed_agent_is_offline_everywhere_within_the_configured_time(lab: LabPlan) -> None:
