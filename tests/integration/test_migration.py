@@ -166,8 +166,12 @@ def test_without_insecure_the_stream_is_tls_and_with_it_plain(
     receive = next(t for t in tasks if t["kind"] == "migration.receive")
     log = corral_ok(node2, "task", "logs", receive["id"])
     assert "tls=False" in log
-    code, lines, err = migrate(node2, "plain", "node1")
+    # Back with TLS over two channels: the agents' relay carries the main stream and both
+    # multifd channels, in their order (QEMU takes the first connection as the main one).
+    code, lines, err = migrate(node2, "plain", "node1", "--parallel", "2")
     assert code == 0, err
+    assert lines[-1]["tls"] is True
+    assert lines[-1]["channels"] == 2
     receive = next(
         t for t in corral_json(node1, "task", "list") if t["kind"] == "migration.receive"
     )

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.hypervisors.bhyve.announce import Nic, announce
+from corral.hypervisors.tls_sockets import peer_common_name, tls_context
 
 CHUNK = 256 * 1024
 
@@ -77,16 +78,6 @@ def address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def tls_context(tls_dir: Path, endpoint: str) -> ssl.SSLContext:
-    server = endpoint == "server"
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls_dir / f"{endpoint}-cert.pem", tls_dir / f"{endpoint}-key.pem")
-    ctx.load_verify_locations(tls_dir / "ca-cert.pem")
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 def pump(
     src: socket.socket,
     dst: socket.socket,
@@ -131,16 +122,6 @@ def relay(a: socket.socket, b: socket.socket, status: Status, bandwidth: int) ->
         s.close()
     for t in threads:
         t.join()
-
-
-def peer_common_name(conn: ssl.SSLSocket) -> str | None:
-    """The CN of the peer's (verified) certificate."""
-    cert: Any = conn.getpeercert() or {}
-    for rdn in cert.get("subject", ()):
-        for pair in rdn:
-            if pair[0] == "commonName":
-                return str(pair[1])
-    return None
 
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting peer has to finish the TLS handshake

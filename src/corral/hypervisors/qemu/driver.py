@@ -27,7 +27,7 @@ from corral.hypervisors.base import (
     VmLayout,
 )
 from corral.hypervisors.processes import log_tail
-from corral.hypervisors.qemu import checkpoints, migration, process
+from corral.hypervisors.qemu import checkpoints, migration, process, tls_relay
 from corral.hypervisors.qemu.cmdline import QEMU_BINARY, qemu_argv
 from corral.hypervisors.qemu.disk_copy_driver import QemuDiskCopy
 from corral.hypervisors.qemu.facts import QemuOffer, host_facts, probe_qemu
@@ -317,6 +317,8 @@ class QemuDriver(QemuDiskCopy, MigrationDriver):
             log = log_tail(layout.process_log)
             raise HypervisorError(f"the incoming QEMU exited: {log}")
         state = migration.incoming_state(layout)
+        if state in ("paused", "running"):
+            tls_relay.stop(layout, force=False)  # arrived: its relay listens no more
         if state == "paused":  # arrived: the incoming QEMU runs with -S
             if resume:
                 self.resume(layout)

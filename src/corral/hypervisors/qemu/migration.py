@@ -1,22 +1,23 @@
 """QEMU live migration primitives, each run on its named side (Ganeti-shaped):
 destination `prepare_incoming` and `listen`; source `start`, `status`, `set_parameters`,
 `start_postcopy`, `cancel`; `finalize_*` on each side. Streams use TLS with the cluster's
-certificates through a `tls-creds-x509` object unless the caller opts out.
+certificates unless the caller opts out: QEMU sends plain to a local socket and the agent's
+relay (tls_relay.py) carries it, because QEMU 7.2's own TLS writes one record per page.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 from corral.errors import HypervisorError
 from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning, VmLayout
+from corral.hypervisors.qemu import tls_relay
 from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.waiting import wait_for
 
-TLS_OBJECT = "corral-tls"
-AUTHZ_OBJECT = "corral-authz"
 UNLIMITED = 64 * 1024**3  # QEMU has no "unlimited"; 64 GiB/s is beyond any link
 
 
@@ -37,66 +38,57 @@ def plain_stream(session: QmpSession, bandwidth: int) -> None:
     session.execute("migrate-set-parameters", {"tls-creds": "", "max-bandwidth": bandwidth})
 
 
-def _new_object(session: QmpSession, qom_type: str, object_id: str, **props: Any) -> str:
-    """Add a QOM object, replacing one of that id left by an earlier attempt."""
-    with contextlib.suppress(HypervisorError):
-        session.execute("object-del", {"id": object_id})
-    session.execute("object-add", {"qom-type": qom_type, "id": object_id, **props})
-    return object_id
-
-
-def _tls(session: QmpSession, tuning: MigrationTuning, endpoint: str) -> dict[str, Any]:
-    if tuning.tls_dir is None:
-        return {"tls-creds": ""}
-    creds = _new_object(
-        session,
-        "tls-creds-x509",
-        TLS_OBJECT,
-        dir=str(tuning.tls_dir),
-        endpoint=endpoint,
-        **{"verify-peer": True},
-    )
-    return {"tls-creds": creds}
-
-
 def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> str:
-    """Destination: configure the incoming QEMU and listen on address:port."""
+    """Destination: configure the incoming QEMU and listen on address:port (with TLS: the
+    agent's relay listens there and QEMU on a local socket, see tls_relay.py)."""
     with QmpSession(layout.control_socket) as qmp:
         _capabilities(qmp, tuning, source=False)
-        params: dict[str, Any] = _tls(qmp, tuning, "server")
-        if tuning.tls_dir is not None and tuning.tls_peer_name:
-            # Only the source node's certificate may feed this QEMU, not any the CA signed.
-            identity = f"CN={tuning.tls_peer_name}"
-            params["tls-authz"] = _new_object(qmp, "authz-simple", AUTHZ_OBJECT, identity=identity)
+        params: dict[str, Any] = {"tls-creds": ""}
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
         uri = f"tcp:{address}:{port}"
+        if tuning.tls_dir is not None:
+            uri = tls_relay.open_target(
+                layout,
+                address,
+                port,
+                tuning.tls_dir,
+                tuning.tls_peer_name,
+                tuning.multifd_channels,
+            )
         qmp.execute("migrate-incoming", {"uri": uri})
     return uri
 
 
 def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> None:
-    """Source: configure and start sending to address:port."""
+    """Source: configure and start sending to address:port (with TLS: through the agent's
+    relay, see tls_relay.py)."""
     with QmpSession(layout.control_socket) as qmp:
         _capabilities(qmp, tuning, source=True)
-        params: dict[str, Any] = _tls(qmp, tuning, "client")
-        if tuning.tls_dir is not None and tuning.tls_hostname:
-            params["tls-hostname"] = tuning.tls_hostname
-        params.update(
-            {
-                "max-bandwidth": tuning.bandwidth_bytes or UNLIMITED,
-                "downtime-limit": tuning.downtime_ms,
-                # Auto-converge armed but quiet until the policy engages it (see policy.py).
-                "throttle-trigger-threshold": 100,
-                "cpu-throttle-initial": 20,
-                "cpu-throttle-increment": 10,
-            }
-        )
+        params: dict[str, Any] = {
+            "tls-creds": "",
+            "max-bandwidth": tuning.bandwidth_bytes or UNLIMITED,
+            "downtime-limit": tuning.downtime_ms,
+            # Auto-converge armed but quiet until the policy engages it (see policy.py).
+            "throttle-trigger-threshold": 100,
+            "cpu-throttle-initial": 20,
+            "cpu-throttle-increment": 10,
+        }
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
-        qmp.execute("migrate", {"uri": f"tcp:{address}:{port}"})
+        uri = f"tcp:{address}:{port}"
+        if tuning.tls_dir is not None:
+            uri = tls_relay.open_source(
+                layout,
+                address,
+                port,
+                tuning.tls_dir,
+                tuning.tls_hostname,
+                tuning.multifd_channels,
+            )
+        qmp.execute("migrate", {"uri": uri})
 
 
 # QEMU's MigrationStatus (qapi/migration.json) in corral's words. The device-state phase,
@@ -153,7 +145,14 @@ def status(layout: VmLayout) -> MigrationStatus:
     info = HUB.query(layout.status_socket, "query-migrate")
     if info.get("status") == "completed" and not info.get("total-time"):
         info = final_counters(layout)
-    return parse_status(info)
+    status = parse_status(info)
+    if status.state.finished:
+        completed = status.state == MigrationState.COMPLETED
+        relayed = tls_relay.error(layout)
+        if not completed and relayed and relayed not in status.error:
+            status = replace(status, error=f"{relayed} (QEMU: {status.error})")
+        tls_relay.stop(layout, force=not completed)
+    return status
 
 
 def final_counters(layout: VmLayout) -> dict[str, Any]:
@@ -188,6 +187,7 @@ def cancel(layout: VmLayout) -> None:
     """Source: abort the migration; QEMU keeps the VM where it is."""
     with contextlib.suppress(HypervisorError):
         qmp_call(layout.control_socket, "migrate_cancel")
+    tls_relay.stop(layout, force=True)
 
 
 def resume_source(layout: VmLayout) -> None:

@@ -13,6 +13,7 @@ from corral.errors import HypervisorError
 from corral.hypervisors import processes
 from corral.hypervisors.base import VmLayout
 from corral.hypervisors.processes import log_tail
+from corral.hypervisors.qemu import tls_relay
 from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.waiting import WaitTimeout, wait_for
 
@@ -92,6 +93,7 @@ def clean_runtime(layout: VmLayout) -> None:
     """Remove sockets and the pid file a stopped QEMU left (logs stay), and close the kept
     connection to its status monitor."""
     HUB.forget(layout.status_socket)
+    tls_relay.stop(layout, force=True)  # a migration's relay, if one was still open
     for path in (layout.control_socket, layout.status_socket, layout.pid_file):
         path.unlink(missing_ok=True)
 
