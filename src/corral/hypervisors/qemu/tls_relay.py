@@ -22,16 +22,19 @@ socket and lets OpenSSL cut it into full 16 KiB records.
 
 No byte of the stream leaves the source's relay before both certificates and both names were
 checked (the go-ahead), so a refused stream never "completes" into a socket buffer. Each
-direction ends with a half-close, so the return path (post-copy) drains; an error in either
-direction closes both. The relay runs in the agent's threads; `stop` ends it (the driver
-calls it when the migration or the VM ends).
+direction ends with an end frame, then a half-close of QEMU's socket, so the return path
+(post-copy) drains; an error in either direction closes both. The relay runs in the agent's
+threads; `stop` ends it (the driver calls it when the migration or the VM ends).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
+import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from corral.errors import HypervisorError
@@ -96,33 +99,73 @@ class Relay:
             return conn
         return None
 
-    def join(self, a: socket.socket, b: socket.socket, what: str) -> None:
-        """Copy a to b and b to a, each in a thread, until both directions ended."""
+    def join(self, plain: socket.socket, secure: socket.socket, what: str) -> None:
+        """Copy QEMU's end (plain) to the peer relay (secure) in frames and back, each way in
+        a thread, until both directions ended; then both sockets are closed."""
         with self._lock:
-            self._open += [a, b]
+            self._open += [plain, secure]
         ended: list[bool] = []
 
-        def one_way(src: socket.socket, dst: socket.socket) -> None:
-            view = memoryview(bytearray(CHUNK))
+        def one_way(
+            copy: Callable[[socket.socket, socket.socket], None], *ends: socket.socket
+        ) -> None:
             try:
-                while n := src.recv_into(view):
-                    dst.sendall(view[:n])
-                socket.socket.shutdown(dst, socket.SHUT_WR)  # the raw FIN: TLS state stays
+                copy(*ends)
             except OSError as exc:
                 self.fail(f"{what}: {exc}")
-                _cut(a)
-                _cut(b)
+                _cut(plain)
+                _cut(secure)
             with self._lock:
                 ended.append(True)
                 last = len(ended) == 2
+                if last:
+                    self._open = [s for s in self._open if s not in (plain, secure)]
             if last:
-                a.close()
-                b.close()
-                with self._lock:
-                    self._open = [s for s in self._open if s not in (a, b)]
+                plain.close()
+                secure.close()
 
-        for src, dst in ((a, b), (b, a)):
-            threading.Thread(target=one_way, args=(src, dst), name="tls-relay", daemon=True).start()
+        for copy, ends in ((frame, (plain, secure)), (unframe, (secure, plain))):
+            threading.Thread(
+                target=one_way, args=(copy, *ends), name="tls-relay", daemon=True
+            ).start()
+
+
+# Between the two relays each direction is a sequence of frames, a 4-byte length and that
+# many bytes of QEMU's stream, ended by a frame of length 0 (the sender's QEMU closed its
+# side). Why not TLS's own end: half-closing a TLS connection needs close_notify while
+# still reading, which Python's ssl cannot send (`unwrap` also waits for the peer's), and a
+# bare FIN is an unexpected EOF that OpenSSL 3 answers by failing the connection, return
+# path included. A stream cut without its end frame is an error, so a truncation shows.
+HEADER = struct.Struct("!I")
+
+
+def frame(src: socket.socket, dst: socket.socket) -> None:
+    """QEMU's plain stream to the peer relay, in frames, then the end frame."""
+    buf = memoryview(bytearray(HEADER.size + CHUNK))
+    while n := src.recv_into(buf[HEADER.size :]):
+        HEADER.pack_into(buf, 0, n)
+        dst.sendall(buf[: HEADER.size + n])
+    dst.sendall(HEADER.pack(0))
+
+
+def unframe(src: socket.socket, dst: socket.socket) -> None:
+    """The peer relay's frames to QEMU; the end frame half-closes QEMU's side."""
+    buf = memoryview(bytearray(CHUNK))
+    while n := HEADER.unpack(_exactly(src, buf[: HEADER.size]))[0]:
+        if n > CHUNK:
+            raise ConnectionError(f"a frame of {n} bytes: not a corral relay")
+        dst.sendall(_exactly(src, buf[:n]))
+    socket.socket.shutdown(dst, socket.SHUT_WR)
+
+
+def _exactly(src: socket.socket, view: memoryview) -> memoryview:
+    got = 0
+    while got < len(view):
+        n = src.recv_into(view[got:])
+        if not n:
+            raise ConnectionError("the peer relay's stream ended without its end frame")
+        got += n
+    return view
 
 
 def _cut(s: socket.socket) -> None:
@@ -212,7 +255,7 @@ def open_target(
                 inner.close()
                 conn.close()
                 break
-            relay.join(conn, inner, f"the stream from {peer}")
+            relay.join(inner, conn, f"the stream from {peer}")
             relay.error = ""  # the source connected: earlier refusals were someone else
             accepted += 1
         with contextlib.suppress(OSError):
@@ -220,6 +263,31 @@ def open_target(
 
     threading.Thread(target=serve, name=f"tls-relay-in-{port}", daemon=True).start()
     return f"unix:{qemu}"
+
+
+def _connect(
+    relay: Relay, ctx: ssl.SSLContext, address: str, port: int, hostname: str
+) -> ssl.SSLSocket | None:
+    """A TLS connection to the target's relay that said go-ahead, or None (relay.error)."""
+    target = f"{address}:{port}"
+    try:
+        raw = socket.create_connection((address, port), timeout=HANDSHAKE_TIMEOUT)
+        up = ctx.wrap_socket(raw, server_hostname=hostname)
+    except OSError as exc:
+        relay.fail(f"TLS to the target {target}: {exc}")
+        return None
+    try:
+        go = up.recv(1)
+    except OSError as exc:
+        go, why = b"", str(exc)
+    else:
+        why = "it closed the connection"
+    if go != GO:
+        up.close()
+        relay.fail(f"the target {target} refused this node's stream ({why})")
+        return None
+    up.settimeout(None)
+    return up
 
 
 def open_source(
@@ -249,15 +317,9 @@ def open_source(
             local = relay.accept()
             if local is None:
                 break
-            try:
-                raw = socket.create_connection((address, port), timeout=HANDSHAKE_TIMEOUT)
-                up = ctx.wrap_socket(raw, server_hostname=hostname or address)
-                if up.recv(1) != GO:
-                    raise ConnectionError("the target closed the stream: it refused this node")
-                up.settimeout(None)
-            except OSError as exc:
-                relay.fail(f"TLS to the target {target}: {exc}")
-                local.close()  # QEMU's migration fails on it, with the reason above
+            up = _connect(relay, ctx, address, port, hostname or address)
+            if up is None:
+                local.close()  # QEMU's migration fails on it, with the relay's reason
                 break
             relay.join(local, up, f"the stream to {target}")
         with contextlib.suppress(OSError):
