@@ -1,7 +1,8 @@
-"""QEMU checks node names, not only that the CA signed a certificate: a source told to
-migrate to node2 refuses an address that presents node3's certificate (`tls-hostname`), a
-target waiting for node2 refuses a stream from node1 (`tls-authz`), and the VM runs on at
-the source. Real QEMU on loopback, certificates from a real cluster CA."""
+"""Migrations check node names, not only that the CA signed a certificate: a source told to
+migrate to node2 refuses an address that presents node3's certificate, a target waiting for
+node2 refuses a stream from node1, and the VM runs on at the source. Over one channel the
+agents' TLS relay checks them (tls_relay.py); over multifd channels QEMU's own TLS does
+(`tls-hostname`, `tls-authz`). Real QEMU on loopback, certificates from a real cluster CA."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def source(tmp_path: Path) -> Iterator[tuple[QemuDriver, VmSpec, VmLayout, Clust
         driver.kill(layout)
 
 
+@pytest.mark.parametrize("channels", [1, 2], ids=["relay", "qemu-multifd"])
 def test_a_target_presenting_another_nodes_certificate_is_refused(
-    source: tuple[QemuDriver, VmSpec, VmLayout, ClusterCA, Path],
+    source: tuple[QemuDriver, VmSpec, VmLayout, ClusterCA, Path], channels: int
 ) -> None:
     driver, spec, layout, ca, root = source
     node1, node3 = node_pki(ca, root, "node1"), node_pki(ca, root, "node3")
@@ -66,14 +68,16 @@ def test_a_target_presenting_another_nodes_certificate_is_refused(
             there, "server", node3.ca_cert, node3.node_cert, node3.node_key
         )
         port = free_port(LOOPBACK)
-        tuning = MigrationTuning(tls_dir=tls, tls_peer_name=source)
+        tuning = MigrationTuning(tls_dir=tls, tls_peer_name=source, multifd_channels=channels)
         driver.migration_listen(spec, there, LOOPBACK, port, tuning)
         return there, port
 
     # "Migrate to node2": the address answers with node3's certificate.
     impostor, port = target("impostor")
     try:
-        tuning = MigrationTuning(tls_dir=client_tls, tls_hostname="node2")
+        tuning = MigrationTuning(
+            tls_dir=client_tls, tls_hostname="node2", multifd_channels=channels
+        )
         driver.migration_start(layout, LOOPBACK, port, tuning)
         status = finished(driver, layout)
         assert status.state == "failed", status
@@ -86,7 +90,9 @@ def test_a_target_presenting_another_nodes_certificate_is_refused(
     # node3 waits for node2's VM: node1's stream is refused though the CA signed node1.
     waiting, port = target("waiting", source="node2")
     try:
-        tuning = MigrationTuning(tls_dir=client_tls, tls_hostname="node3")
+        tuning = MigrationTuning(
+            tls_dir=client_tls, tls_hostname="node3", multifd_channels=channels
+        )
         driver.migration_start(layout, LOOPBACK, port, tuning)
         assert finished(driver, layout).state == "failed"
         assert driver.status(layout).state == RunState.RUNNING
@@ -99,7 +105,10 @@ def test_a_target_presenting_another_nodes_certificate_is_refused(
     real, port = target("real")
     try:
         driver.migration_start(
-            layout, LOOPBACK, port, MigrationTuning(tls_dir=client_tls, tls_hostname="node3")
+            layout,
+            LOOPBACK,
+            port,
+            MigrationTuning(tls_dir=client_tls, tls_hostname="node3", multifd_channels=channels),
         )
         assert finished(driver, layout).state == "completed"
         wait_for(lambda: driver.migration_incoming_done(real), timeout=30, what="arrival")

@@ -1,8 +1,9 @@
 """QEMU live migration primitives, each run on its named side (Ganeti-shaped):
 destination `prepare_incoming` and `listen`; source `start`, `status`, `set_parameters`,
 `start_postcopy`, `cancel`; `finalize_*` on each side. Streams use TLS with the cluster's
-certificates unless the caller opts out: QEMU sends plain to a local socket and the agent's
-relay (tls_relay.py) carries it, because QEMU 7.2's own TLS writes one record per page.
+certificates unless the caller opts out: over one channel QEMU sends plain to a local socket
+and the agent's relay (tls_relay.py) carries it, because QEMU 7.2's own TLS writes one
+record per page; with multifd channels QEMU's own TLS encrypts each in its own thread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from corral.hypervisors.qemu.monitor_hub import HUB
 from corral.hypervisors.qemu.qmp_session import QmpSession, qmp_call
 from corral.waiting import wait_for
 
+TLS_OBJECT = "corral-tls"
+AUTHZ_OBJECT = "corral-authz"
 UNLIMITED = 64 * 1024**3  # QEMU has no "unlimited"; 64 GiB/s is beyond any link
 
 
@@ -38,17 +41,55 @@ def plain_stream(session: QmpSession, bandwidth: int) -> None:
     session.execute("migrate-set-parameters", {"tls-creds": "", "max-bandwidth": bandwidth})
 
 
+def _new_object(session: QmpSession, qom_type: str, object_id: str, **props: Any) -> str:
+    """Add a QOM object, replacing one of that id left by an earlier attempt."""
+    with contextlib.suppress(HypervisorError):
+        session.execute("object-del", {"id": object_id})
+    session.execute("object-add", {"qom-type": qom_type, "id": object_id, **props})
+    return object_id
+
+
+def relayed(tuning: MigrationTuning) -> bool:
+    """Whether the agents' relay carries the TLS stream (one channel), or QEMU's own TLS
+    does (`--parallel N`: QEMU encrypts each multifd channel in its own thread, where the
+    relay's channels would share one Python process; measured in bench/throughput.py)."""
+    return tuning.tls_dir is not None and tuning.multifd_channels <= 1
+
+
+def _qemu_tls(session: QmpSession, tuning: MigrationTuning, endpoint: str) -> dict[str, Any]:
+    """QEMU's own TLS for a multifd stream: the cluster's certificates in a
+    `tls-creds-x509` object; the target also an `authz-simple` for the source's CN."""
+    if tuning.tls_dir is None or relayed(tuning):
+        return {"tls-creds": ""}
+    creds = _new_object(
+        session,
+        "tls-creds-x509",
+        TLS_OBJECT,
+        dir=str(tuning.tls_dir),
+        endpoint=endpoint,
+        **{"verify-peer": True},
+    )
+    params: dict[str, Any] = {"tls-creds": creds}
+    if endpoint == "server" and tuning.tls_peer_name:
+        # Only the source node's certificate may feed this QEMU, not any the CA signed.
+        identity = f"CN={tuning.tls_peer_name}"
+        params["tls-authz"] = _new_object(session, "authz-simple", AUTHZ_OBJECT, identity=identity)
+    if endpoint == "client" and tuning.tls_hostname:
+        params["tls-hostname"] = tuning.tls_hostname
+    return params
+
+
 def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> str:
-    """Destination: configure the incoming QEMU and listen on address:port (with TLS: the
-    agent's relay listens there and QEMU on a local socket, see tls_relay.py)."""
+    """Destination: configure the incoming QEMU and listen on address:port (with TLS over
+    one channel: the agent's relay listens there and QEMU on a local socket, tls_relay.py)."""
     with QmpSession(layout.control_socket) as qmp:
         _capabilities(qmp, tuning, source=False)
-        params: dict[str, Any] = {"tls-creds": ""}
+        params: dict[str, Any] = _qemu_tls(qmp, tuning, "server")
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
         uri = f"tcp:{address}:{port}"
-        if tuning.tls_dir is not None:
+        if relayed(tuning) and tuning.tls_dir is not None:
             uri = tls_relay.open_target(
                 layout,
                 address,
@@ -62,12 +103,12 @@ def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -
 
 
 def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> None:
-    """Source: configure and start sending to address:port (with TLS: through the agent's
-    relay, see tls_relay.py)."""
+    """Source: configure and start sending to address:port (with TLS over one channel:
+    through the agent's relay, tls_relay.py)."""
     with QmpSession(layout.control_socket) as qmp:
         _capabilities(qmp, tuning, source=True)
         params: dict[str, Any] = {
-            "tls-creds": "",
+            **_qemu_tls(qmp, tuning, "client"),
             "max-bandwidth": tuning.bandwidth_bytes or UNLIMITED,
             "downtime-limit": tuning.downtime_ms,
             # Auto-converge armed but quiet until the policy engages it (see policy.py).
@@ -79,7 +120,7 @@ def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) ->
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
         uri = f"tcp:{address}:{port}"
-        if tuning.tls_dir is not None:
+        if relayed(tuning) and tuning.tls_dir is not None:
             uri = tls_relay.open_source(
                 layout,
                 address,
