@@ -36,6 +36,7 @@ class PastMigration:
     free: bool = True
     disk_s: float = 0.0  # the copy of its local disks (--with-local-disks), before the RAM
     disk_bytes: int = 0  # the data that copy sent
+    resident_bytes: int | None = None  # what the host held of the guest's RAM at its start
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any]) -> PastMigration | None:
@@ -49,6 +50,7 @@ class PastMigration:
                 not summary.get("bandwidth_mib") and not summary.get("policy_actions"),
                 float(disks.get("copy_s") or 0.0),
                 int(disks.get("data_bytes") or 0),
+                int(summary["resident_bytes"]) if summary.get("resident_bytes") else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -59,7 +61,19 @@ class PastMigration:
 
     @property
     def stream_bytes_per_s(self) -> float | None:
-        return self.bytes_sent / (self.hypervisor_ms / 1000) if self.hypervisor_ms > 0 else None
+        """The rate in the plan's own unit: resident bytes copied per second of the
+        hypervisor's time. The plan's "to send" is what the host holds of the guest's RAM,
+        and part of that is zero pages, which go as headers: an idle test guest holds 128
+        MB and its migration sends 85 MB. Counting the bytes sent instead made every plan
+        of a guest that holds zero pages long by that ratio (a VM's own past migration was
+        predicted 1.5 times slower than it ran). Migrations recorded before the resident
+        bytes were: the bytes sent."""
+        if self.hypervisor_ms <= 0:
+            return None
+        copied = self.bytes_sent
+        if self.resident_bytes:
+            copied = max(copied, self.resident_bytes)
+        return copied / (self.hypervisor_ms / 1000)
 
     @property
     def fixed_s(self) -> float:

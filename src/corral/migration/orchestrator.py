@@ -13,7 +13,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.errors import ConflictError, CorralError
-from corral.hypervisors.base import MigrationState, MigrationStatus, MigrationTuning, RunState
+from corral.hypervisors.base import (
+    MigrationState,
+    MigrationStatus,
+    MigrationTuning,
+    RunState,
+    VmLayout,
+)
 from corral.hypervisors.disk_copy_contract import DiskCopyStatus
 from corral.migration import policy
 from corral.migration.disk_phase import (
@@ -61,6 +67,7 @@ class SourceMigration:
     transfer_started: bool = False
     actions: list[str] = field(default_factory=list)
     disks: DiskCopyRun | None = None  # the local disks' copy, once planned
+    resident_bytes: int | None = None  # what the host held of the guest's RAM at the start
 
     @property
     def vm(self) -> str:
@@ -192,6 +199,15 @@ class SourceMigration:
             self.actions.append(note)
             self.ctx.log(note)
 
+    def _resident(self, layout: VmLayout) -> int | None:
+        """What the host holds of the guest's RAM as the copy starts (read while QEMU sends:
+        its /proc smaps, not QEMU's monitor). The plan learns from it what part of it the
+        stream really sent (estimate.py: resident pages that are zero go as headers)."""
+        with contextlib.suppress(CorralError, OSError):
+            ram = self.services.vms.local(self.vm).spec.memory_mib * MIB
+            return self.services.driver.resident_guest_bytes(layout, ram)
+        return None
+
     def _transfer(self, address: str, port: int, limits: policy.PolicyLimits) -> MigrationStatus:
         layout = self.services.vms.layout(self.vm)
         tuning = self._tuning(source=True)
@@ -206,6 +222,7 @@ class SourceMigration:
         )
         self.services.driver.migration_start(layout, address, port, tuning)
         self.transfer_started = True
+        self.resident_bytes = self._resident(layout)
         state = policy.initial_state(limits)
         watched = self.services.clock()
         reported = watched - REPORT_INTERVAL

@@ -25,6 +25,7 @@ def summarize(m: SourceMigration, final: MigrationStatus, total: float) -> dict[
         "hypervisor": m.services.driver.name,
         "qemu_total_ms": final.elapsed_ms,  # the hypervisor's own time (the name stays)
         "bytes_sent": final.ram_transferred,
+        "resident_bytes": m.resident_bytes,  # None: not measured (see estimate.py)
         "ram_total": final.ram_total,
         "iterations": final.iterations,
         "throughput_mbps": round(final.throughput_mbps, 1),
