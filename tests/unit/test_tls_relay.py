@@ -197,3 +197,13 @@ def test_stop_cuts_an_open_stream(pair: Pair) -> None:
         tls_relay.stop(src, force=True)  # the migration was cancelled
         assert closed(s)  # the source QEMU's end is closed
         wait_for(lambda: qemu.ended == [0], timeout=10, what="the target's end closed")
+
+
+def test_stopping_leaves_no_socket_behind(pair: Pair) -> None:
+    src, dst, qemu, path = relay_pair(pair)
+    assert Path(path).exists()
+    assert qemu.path.exists()  # the incoming QEMU's, which QEMU itself never removes
+    tls_relay.stop(src, force=True)
+    tls_relay.stop(dst, force=True)  # the target QEMU was killed
+    assert not Path(path).exists()
+    assert not qemu.path.exists()

@@ -186,13 +186,16 @@ def _register(layout: VmLayout, relay: Relay) -> None:
 
 
 def stop(layout: VmLayout, *, force: bool) -> None:
-    """End this VM's relay, if it has one (see Relay.stop)."""
+    """End this VM's relay, if it has one (see Relay.stop), and remove the local sockets
+    of both ends (QEMU does not remove the one it listened on)."""
     with _RELAYS_LOCK:
         relay = _RELAYS.get(layout.runtime_dir)
         if relay is not None and force:
             del _RELAYS[layout.runtime_dir]
     if relay is not None:
         relay.stop(force=force)
+    for path in (in_socket(layout), out_socket(layout)):
+        path.unlink(missing_ok=True)
 
 
 def error(layout: VmLayout) -> str:
