@@ -1,6 +1,8 @@
 """The floor: a live migration driven by hand, two QEMUs and QMP, nothing of corral in the
 loop (no CLI, agents, tasks or policy). The same QEMU command line as corral's (qemu_argv),
-the same migration capabilities and parameters, the same lab link and certificates."""
+the same migration capabilities and parameters, the same lab link and certificates. With TLS
+the floor uses QEMU's own TLS (what QMP by hand gives); corral carries a one-channel stream's
+TLS in its agents' relay (hypervisors/qemu/tls_relay.py)."""
 
 from __future__ import annotations
 
