@@ -199,16 +199,17 @@ class SourceMigration:
             self.actions.append(note)
             self.ctx.log(note)
 
-    def _resident(self, layout: VmLayout) -> int | None:
+    def _resident(self, layout: VmLayout, ram: int) -> int | None:
         """What the host holds of the guest's RAM as the copy starts (read while QEMU sends:
         its /proc smaps, not QEMU's monitor). The plan learns from it what part of it the
         stream really sent (estimate.py: resident pages that are zero go as headers)."""
         with contextlib.suppress(CorralError, OSError):
-            ram = self.services.vms.local(self.vm).spec.memory_mib * MIB
             return self.services.driver.resident_guest_bytes(layout, ram)
         return None
 
-    def _transfer(self, address: str, port: int, limits: policy.PolicyLimits) -> MigrationStatus:
+    def _transfer(
+        self, address: str, port: int, limits: policy.PolicyLimits, ram: int
+    ) -> MigrationStatus:
         layout = self.services.vms.layout(self.vm)
         tuning = self._tuning(source=True)
         if tuning.tls_dir is not None:
@@ -222,7 +223,7 @@ class SourceMigration:
         )
         self.services.driver.migration_start(layout, address, port, tuning)
         self.transfer_started = True
-        self.resident_bytes = self._resident(layout)
+        self.resident_bytes = self._resident(layout, ram)
         state = policy.initial_state(limits)
         watched = self.services.clock()
         reported = watched - REPORT_INTERVAL
@@ -307,7 +308,7 @@ class SourceMigration:
             address, port = str(ready["address"]), int(ready["port"])
             if self.disks.plan.copies:
                 self._copy_disks(address, int(ready["nbd_port"]))
-            final = self._transfer(address, port, limits)
+            final = self._transfer(address, port, limits, ram)
             if self.disks.plan.copies:
                 self.disks.finish()  # every mirror ended clean, or this rolls back
         except BaseException as exc:

@@ -79,6 +79,18 @@ def _qemu_tls(session: QmpSession, tuning: MigrationTuning, endpoint: str) -> di
     return params
 
 
+def _stream_uri(
+    layout: VmLayout, address: str, port: int, tuning: MigrationTuning, endpoint: str
+) -> str:
+    """Where QEMU listens ("server") or sends ("client"): the target's address, or with TLS
+    over one channel the local socket of this side's relay, opened now."""
+    if not relayed(tuning) or tuning.tls_dir is None:
+        return f"tcp:{address}:{port}"
+    if endpoint == "server":
+        return tls_relay.open_target(layout, address, port, tuning.tls_dir, tuning.tls_peer_name)
+    return tls_relay.open_source(layout, address, port, tuning.tls_dir, tuning.tls_hostname)
+
+
 def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -> str:
     """Destination: configure the incoming QEMU and listen on address:port (with TLS over
     one channel: the agent's relay listens there and QEMU on a local socket, tls_relay.py)."""
@@ -88,16 +100,7 @@ def listen(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) -
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
-        uri = f"tcp:{address}:{port}"
-        if relayed(tuning) and tuning.tls_dir is not None:
-            uri = tls_relay.open_target(
-                layout,
-                address,
-                port,
-                tuning.tls_dir,
-                tuning.tls_peer_name,
-                tuning.multifd_channels,
-            )
+        uri = _stream_uri(layout, address, port, tuning, "server")
         qmp.execute("migrate-incoming", {"uri": uri})
     return uri
 
@@ -119,17 +122,7 @@ def start(layout: VmLayout, address: str, port: int, tuning: MigrationTuning) ->
         if tuning.multifd_channels > 1:
             params["multifd-channels"] = tuning.multifd_channels
         qmp.execute("migrate-set-parameters", params)
-        uri = f"tcp:{address}:{port}"
-        if relayed(tuning) and tuning.tls_dir is not None:
-            uri = tls_relay.open_source(
-                layout,
-                address,
-                port,
-                tuning.tls_dir,
-                tuning.tls_hostname,
-                tuning.multifd_channels,
-            )
-        qmp.execute("migrate", {"uri": uri})
+        qmp.execute("migrate", {"uri": _stream_uri(layout, address, port, tuning, "client")})
 
 
 # QEMU's MigrationStatus (qapi/migration.json) in corral's words. The device-state phase,
@@ -189,9 +182,9 @@ def status(layout: VmLayout) -> MigrationStatus:
     status = parse_status(info)
     if status.state.finished:
         completed = status.state == MigrationState.COMPLETED
-        relayed = tls_relay.error(layout)
-        if not completed and relayed and relayed not in status.error:
-            status = replace(status, error=f"{relayed} (QEMU: {status.error})")
+        relay_error = tls_relay.error(layout)
+        if not completed and relay_error and relay_error not in status.error:
+            status = replace(status, error=f"{relay_error} (QEMU: {status.error})")
         tls_relay.stop(layout, force=not completed)
     return status
 

@@ -93,7 +93,7 @@ def clean_runtime(layout: VmLayout) -> None:
     """Remove sockets and the pid file a stopped QEMU left (logs stay), and close the kept
     connection to its status monitor."""
     HUB.forget(layout.status_socket)
-    tls_relay.stop(layout, force=True)  # a migration's relay, if one was still open
+    tls_relay.stop(layout, force=True, forget=True)  # a migration's relay, if one is open
     for path in (layout.control_socket, layout.status_socket, layout.pid_file):
         path.unlink(missing_ok=True)
 

@@ -8,17 +8,17 @@ sendmsg calls with QEMU's TLS against 678 without, and QEMU's migration time 0.3
 0.06 s (median of 5). The relay reads QEMU's plain stream 256 KiB at a time from a local
 socket and lets OpenSSL cut it into full 16 KiB records.
 
+One stream per migration: with multifd channels QEMU's own TLS stays (migration.relayed).
+
 - Source (`open_source`): QEMU runs `migrate unix:RUNTIME/mig-out.sock`, a socket only root
-  can reach (0600). For each connection QEMU opens (the main stream, then each multifd
-  channel), in that order: connect to the target's migration address, TLS with this node's
-  certificate, the target's checked against the name it must have (`tls_hostname`), wait
-  for the target's one-byte go-ahead, then copy both ways.
+  can reach (0600). For the connection QEMU opens: connect to the target's migration
+  address, TLS with this node's certificate, the target's checked against the name it must
+  have (`tls_hostname`), wait for the target's one-byte go-ahead, then copy both ways.
 - Target (`open_target`): listens on the migration address (TLS, a certificate of the
   cluster CA required, and its CN must be the source node's name: what QEMU's `tls-authz`
-  did); each accepted connection is joined to the incoming QEMU (`migrate-incoming
-  unix:RUNTIME/mig-in.sock`), one at a time in the order they came (QEMU 7.2 takes the
-  first connection as the main stream), then the go-ahead byte is sent. A connection that
-  fails the handshake or the name check is refused and the relay listens on.
+  did); the source's connection is joined to the incoming QEMU (`migrate-incoming
+  unix:RUNTIME/mig-in.sock`), then the go-ahead byte is sent. A connection that fails the
+  handshake or the name check is refused and the relay listens on.
 
 No byte of the stream leaves the source's relay before both certificates and both names were
 checked (the go-ahead), so a refused stream never "completes" into a socket buffer. Each
@@ -55,17 +55,11 @@ def in_socket(layout: VmLayout) -> Path:
     return layout.runtime_dir / "mig-in.sock"
 
 
-def connections(multifd_channels: int) -> int:
-    """How many connections one migration opens: the main stream, plus the multifd ones."""
-    return 1 + multifd_channels if multifd_channels > 1 else 1
-
-
 class Relay:
     """One side's relay of one migration: its listener, its connections, its last error."""
 
-    def __init__(self, listener: socket.socket, expected: int) -> None:
+    def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
-        self.expected = expected
         self.error = ""
         self.stopped = threading.Event()
         self._lock = threading.Lock()
@@ -185,13 +179,12 @@ def _register(layout: VmLayout, relay: Relay) -> None:
         old.stop(force=True)
 
 
-def stop(layout: VmLayout, *, force: bool) -> None:
+def stop(layout: VmLayout, *, force: bool, forget: bool = False) -> None:
     """End this VM's relay, if it has one (see Relay.stop), and remove the local sockets
-    of both ends (QEMU does not remove the one it listened on)."""
+    of both ends (QEMU does not remove the one it listened on). Its last error stays for
+    `error` until `forget` (the VM's QEMU is gone) or the VM's next migration."""
     with _RELAYS_LOCK:
-        relay = _RELAYS.get(layout.runtime_dir)
-        if relay is not None and force:
-            del _RELAYS[layout.runtime_dir]
+        relay = _RELAYS.pop(layout.runtime_dir, None) if forget else _RELAYS.get(layout.runtime_dir)
     if relay is not None:
         relay.stop(force=force)
     for path in (in_socket(layout), out_socket(layout)):
@@ -215,7 +208,6 @@ def open_target(
     port: int,
     tls_dir: Path,
     peer_name: str | None,
-    multifd_channels: int,
 ) -> str:
     """Destination: listen on address:port now; returns the URI the incoming QEMU must
     listen on (`migrate-incoming`)."""
@@ -227,14 +219,13 @@ def open_target(
             f"cannot listen for the migration on {address}:{port}: {exc}"
         ) from exc
     listener.settimeout(ACCEPT_POLL)
-    relay = Relay(listener, connections(multifd_channels))
+    relay = Relay(listener)
     _register(layout, relay)
     qemu = in_socket(layout)
     qemu.unlink(missing_ok=True)
 
     def serve() -> None:
-        accepted = 0
-        while accepted < relay.expected and (raw := relay.accept()) is not None:
+        while (raw := relay.accept()) is not None:
             peer = raw.getpeername()[0]
             try:
                 raw.settimeout(HANDSHAKE_TIMEOUT)  # a silent peer must not hold the listener
@@ -260,7 +251,7 @@ def open_target(
                 break
             relay.join(inner, conn, f"the stream from {peer}")
             relay.error = ""  # the source connected: earlier refusals were someone else
-            accepted += 1
+            break
         with contextlib.suppress(OSError):
             listener.close()
 
@@ -299,7 +290,6 @@ def open_source(
     port: int,
     tls_dir: Path,
     hostname: str | None,
-    multifd_channels: int,
 ) -> str:
     """Source: a local socket for QEMU's stream, relayed to the target's address:port;
     returns the URI QEMU must `migrate` to."""
@@ -311,20 +301,18 @@ def open_source(
     path.chmod(0o600)  # before listen: nobody connects to it in between
     listener.listen(8)
     listener.settimeout(ACCEPT_POLL)
-    relay = Relay(listener, connections(multifd_channels))
+    relay = Relay(listener)
     _register(layout, relay)
     target = f"{address}:{port}"
 
     def serve() -> None:
-        for _ in range(relay.expected):
-            local = relay.accept()
-            if local is None:
-                break
+        local = relay.accept()
+        if local is not None:
             up = _connect(relay, ctx, address, port, hostname or address)
             if up is None:
                 local.close()  # QEMU's migration fails on it, with the relay's reason
-                break
-            relay.join(local, up, f"the stream to {target}")
+            else:
+                relay.join(local, up, f"the stream to {target}")
         with contextlib.suppress(OSError):
             listener.close()
         path.unlink(missing_ok=True)
